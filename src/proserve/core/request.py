@@ -1,0 +1,145 @@
+"""The request: the one hot object shared by every layer.
+
+A request is a slots dataclass rather than a dict or pydantic model because the engine touches it
+on every iteration (millions of times in an hour-long simulation); slots make attribute access
+cheap and keep memory for a 19k-request trace small.
+
+Token accounting follows vLLM v1: a request has ``prompt_len + generated`` tokens, of which
+``computed`` have KV. A step schedules some of the *pending* tokens (``num_tokens - computed``);
+when a step makes every token computed, the engine samples one new output token. A fresh request
+therefore prefills its prompt and emits token 1; afterwards each decode step computes one pending
+token and emits the next. Recompute preemption sets ``computed`` back to 0, so a resumed request
+prefills prompt + generated tokens before it emits its next token, exactly as vLLM does.
+
+Metrics are kept online as counters (first-token time, last-token time, tokens on time), so no
+per-token Python objects exist unless a caller asks for token traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """Life cycle of a request inside one engine (or the simulator around it)."""
+
+    WAITING = 0  # queued, holds no KV
+    RUNNING = 1  # admitted, may hold KV
+    FINISHED = 2  # emitted all output tokens
+    REJECTED = 3  # can never be served (e.g. prompt larger than the whole KV cache)
+    UNFINISHED = 4  # still in the system when the simulation's drain time ran out
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One inference request with its priority class, weight, SLOs and online metrics.
+
+    Identity semantics (``eq=False``): two requests are the same only if they are the same object,
+    which is what queues and sets of requests need.
+    """
+
+    id: int
+    arrival: float  # seconds
+    prompt_len: int
+    output_len: int
+    ttft_slo: float  # seconds, measured from arrival
+    tpot_slo: float  # seconds per output token after the first
+    weight: float = 1.0  # priority weight w(r): the request's business value
+    priority: int = 0  # class rank, 0 = most important (vLLM convention: lower = more urgent)
+    cls: str = "default"  # priority class name, for per-class metrics
+    tenant: str = "default"
+
+    # --- engine state (mutated by the engine scheduler) ---
+    status: Status = Status.WAITING
+    computed: int = 0  # tokens whose KV is computed
+    generated: int = 0  # output tokens emitted so far
+    blocks: int = 0  # KV blocks held
+    preemptions: int = 0
+    instance: int = -1  # which engine instance serves it (set by the cluster)
+
+    # --- online metrics ---
+    first_token_time: float = -1.0
+    last_token_time: float = -1.0
+    finish_time: float = -1.0
+    first_on_time: bool = False  # token 1 met its deadline (TTFT SLO)
+    decode_on_time: int = 0  # tokens i > 1 that met deadline TTFT_SLO + (i - 1) * TPOT_SLO
+    token_times: list[float] | None = field(default=None, repr=False)  # opt-in trace
+
+    # ------------------------------------------------------------------ derived state
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the request currently has (prompt + emitted output)."""
+        return self.prompt_len + self.generated
+
+    @property
+    def pending(self) -> int:
+        """Tokens that still need KV before the next output token can be sampled."""
+        return self.prompt_len + self.generated - self.computed
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while the next step would be a (possibly chunked or recomputed) prefill."""
+        return self.generated == 0 or self.prompt_len + self.generated - self.computed > 1
+
+    @property
+    def done(self) -> bool:
+        return self.status >= Status.FINISHED
+
+    def next_deadline(self) -> float:
+        """Absolute time by which the next output token must be out (strict TDG form)."""
+        return self.arrival + self.ttft_slo + self.generated * self.tpot_slo
+
+    # ------------------------------------------------------------------ events
+    def emit_token(self, t: float) -> None:
+        """Record one output token produced at time ``t`` and update the online metrics."""
+        self.generated += 1
+        i = self.generated
+        if i == 1:
+            self.first_token_time = t
+            self.first_on_time = t - self.arrival < self.ttft_slo
+        elif t - self.arrival < self.ttft_slo + (i - 1) * self.tpot_slo:
+            self.decode_on_time += 1
+        self.last_token_time = t
+        if self.token_times is not None:
+            self.token_times.append(t)
+
+    def reset_metrics(self) -> None:
+        """Forget all engine state and metrics (used when a workload is replayed)."""
+        self.status = Status.WAITING
+        self.computed = self.generated = self.blocks = self.preemptions = 0
+        self.instance = -1
+        self.first_token_time = self.last_token_time = self.finish_time = -1.0
+        self.first_on_time = False
+        self.decode_on_time = 0
+        if self.token_times is not None:
+            self.token_times = []
+
+    # ------------------------------------------------------------------ metrics
+    def ttft(self) -> float:
+        return self.first_token_time - self.arrival if self.generated else float("nan")
+
+    def tpot(self) -> float:
+        """Mean time per output token after the first: (t_last - t_first) / (n_out - 1)."""
+        if self.generated < 2:
+            return float("nan")
+        return (self.last_token_time - self.first_token_time) / (self.generated - 1)
+
+    def e2e(self) -> float:
+        return self.finish_time - self.arrival if self.status == Status.FINISHED else float("nan")
+
+    def slo_met(self) -> bool:
+        """Request-level SLO: finished, TTFT < TTFT SLO and mean TPOT < TPOT SLO."""
+        if self.status != Status.FINISHED:
+            return False
+        if not self.first_token_time - self.arrival < self.ttft_slo:
+            return False
+        return self.generated < 2 or self.tpot() < self.tpot_slo
+
+    def gain(self, w_p: float = 1.0, w_d: float = 1.0) -> float:
+        """Token-level deadline-aware gain (TDG) earned so far."""
+        return self.weight * (w_p * self.first_on_time + w_d * self.decode_on_time)
+
+    def max_gain(self, w_p: float = 1.0, w_d: float = 1.0) -> float:
+        """Gain if every output token met its deadline."""
+        return self.weight * (w_p + w_d * max(self.output_len - 1, 0))
