@@ -87,8 +87,12 @@ class LatencyModel:
         The prefill cost is a quadratic in q with non-negative coefficients, hence monotone, so the
         reference's binary search has a closed form; one ``floor`` adjustment guards rounding.
         """
+        if q_max <= 0:
+            return 0
+        if budget == math.inf:
+            return q_max
         rest = budget - self.c4 * p
-        if rest <= 0 or q_max <= 0:
+        if rest < 0:
             return 0
         b = self.c2 + self.c3 * p
         if self.c1 > 0:
@@ -97,9 +101,12 @@ class LatencyModel:
             q = int(rest / b)
         else:
             return q_max
-        q = min(q, q_max)
+        q = max(min(q, q_max), 0)
+        # the float square root can land one off either way: settle on the exact boundary
         while q > 0 and self.prefill_time(q, p) > budget:
             q -= 1
+        while q < q_max and self.prefill_time(q + 1, p) <= budget:
+            q += 1
         return q
 
     # ------------------------------------------------------------------ unloaded latencies

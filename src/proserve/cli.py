@@ -1,0 +1,276 @@
+"""The ``proserve`` command (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Multi-priority, SLO-aware LLM serving: simulate and compare scheduling policies.",
+)
+out_console = Console()
+err = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _policy_args(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items or []:
+        k, eq, v = it.partition("=")
+        if not eq or not k.strip():
+            _fail(f"--policy-arg expects key=value, got {it!r}")
+        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    return out
+
+
+def _config(**kw: Any):
+    from .core.classes import SpecError
+    from .sim.run import SimConfig
+
+    try:
+        return SimConfig(**kw)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg']}" for x in e.errors())
+        _fail(msgs)
+    except (SpecError, ValueError) as e:
+        _fail(str(e))
+
+
+def _fmt(v: Any, pct: bool = False, ms: bool = False) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.1f}%"
+    if ms:
+        return f"{1000 * v:.0f}"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def summary_table(res: dict) -> Table:
+    t = Table(title=f"{res['policy']} on {res['workload'].get('trace', '?')} "
+                    f"({res['instances']} instance(s), profile {res['profile']})")
+    for col in ("class", "requests", "finished", "TDG ratio", "SLO attain", "goodput r/s",
+                "TTFT p50/p99 ms", "TPOT p50/p99 ms", "preempt"):
+        t.add_column(col, justify="right")
+    rows = [("all", res)] + list(res["per_class"].items())
+    for name, m in rows:
+        t.add_row(
+            name, str(m["requests"]), str(m["finished"]), _fmt(m["tdg_ratio"], pct=True),
+            _fmt(m["slo_attainment"], pct=True), _fmt(m["goodput_rps"]),
+            f"{_fmt(m['ttft_p50'], ms=True)}/{_fmt(m['ttft_p99'], ms=True)}",
+            f"{_fmt(m['tpot_p50'], ms=True)}/{_fmt(m['tpot_p99'], ms=True)}",
+            str(m["preemptions"]),
+        )
+    return t
+
+
+TraceOpt = typer.Option("azure-conv", "--trace", help="Trace file or built-in name (see `proserve traces`).")
+RateOpt = typer.Option(None, "--rate", help="Target request rate (req/s); timestamped traces are time-scaled to it.")
+DurOpt = typer.Option(None, "--duration", help="Truncate the workload to this many seconds.")
+CountOpt = typer.Option(None, "--count", help="Truncate the workload to this many requests.")
+ProfileOpt = typer.Option("llama3.1-8b@h100", "--profile", help="Latency profile name or file (see `proserve profiles`).")
+ClassesOpt = typer.Option(None, "--classes", help="Priority classes, e.g. 'high:w=2,share=0.5;low:w=1,share=0.5' (the default).")
+SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice (same seed -> same result).")
+KvOpt = typer.Option(None, "--kv-blocks", help="Override the profile's KV capacity in blocks.")
+ArrOpt = typer.Option("poisson", "--arrival", help="Arrivals for length-only traces: poisson | gamma.")
+CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-arrival times.")
+DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep serving after the last arrival.")
+PArgOpt = typer.Option(None, "--policy-arg", help="Policy parameter key=value (repeatable), e.g. lam=0.9.")
+
+
+@app.command()
+def simulate(
+    trace: str = TraceOpt,
+    rate: float | None = RateOpt,
+    duration: float | None = DurOpt,
+    count: int | None = CountOpt,
+    policy: str = typer.Option("slide", "--policy", help="Engine scheduler (see `proserve policies`)."),
+    profile: str = ProfileOpt,
+    seed: int = SeedOpt,
+    classes: str | None = ClassesOpt,
+    kv_blocks: int | None = KvOpt,
+    arrival: str = ArrOpt,
+    cv: float = CvOpt,
+    drain: float = DrainOpt,
+    policy_arg: list[str] | None = PArgOpt,
+    instances: int = typer.Option(1, "--instances", help="Engine instances (round-robin routing for now)."),
+    w_p: float = typer.Option(1.0, "--w-p", help="TDG weight of the first token."),
+    w_d: float = typer.Option(1.0, "--w-d", help="TDG weight of each later token."),
+    out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
+    reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Replay a workload through simulated engine instances under one policy."""
+    from .sim.run import run
+
+    cfg = _config(
+        trace=trace, rate=rate, duration=duration, count=count, policy=policy,
+        policy_args=_policy_args(policy_arg), profile=profile, seed=seed, classes=classes,
+        kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
+        w_p=w_p, w_d=w_d,
+    )
+    try:
+        if quiet:
+            res = run(cfg)
+        else:
+            with Progress(TextColumn("[bold]simulating"), BarColumn(), TextColumn("t={task.completed:.0f}s"),
+                          TimeElapsedColumn(), console=err, transient=True) as prog:
+                task = prog.add_task("sim", total=None)
+                res = run(cfg, progress=lambda t: prog.update(task, completed=t))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if reproducible:
+        res["sim_wall_s"] = 0.0
+    if not quiet:
+        out_console.print(summary_table(res))
+        w = res["workload"]
+        err.print(f"{res['requests']} requests, {res['steps']} engine steps, "
+                  f"simulated {res['sim_end_s']:.1f}s in {res['sim_wall_s']:.2f}s wall"
+                  + ("" if res["drained"] else f"; {res['unfinished']} unfinished at drain end")
+                  + (f"; achieved rate {w.get('rate', 0):.2f} req/s" if w.get("rate") else ""))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
+        if not quiet:
+            err.print(f"wrote {out}")
+
+
+@app.command()
+def compare(
+    policies: str = typer.Option("vllm-fcfs,vllm-priority,sarathi-fcfs,sarathi-priority,vtc,fairbatching,slide",
+                                 "--policies", help="Comma-separated policies."),
+    rates: str = typer.Option(..., "--rates", help="Comma-separated request rates (req/s)."),
+    trace: str = TraceOpt,
+    duration: float | None = DurOpt,
+    count: int | None = CountOpt,
+    profile: str = ProfileOpt,
+    seed: int = SeedOpt,
+    classes: str | None = ClassesOpt,
+    kv_blocks: int | None = KvOpt,
+    arrival: str = ArrOpt,
+    cv: float = CvOpt,
+    drain: float = DrainOpt,
+    instances: int = typer.Option(1, "--instances", help="Engine instances per run."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel processes (default: CPU count)."),
+    out: Path = typer.Option(Path("compare-out"), "--out", help="Output directory for results.csv, plot.png, results.json."),
+) -> None:
+    """Run a policy x rate grid in parallel; write CSV, JSON and a plot of TDG ratio and attainment."""
+    from .experiments.compare import plot, run_grid, write_csv
+
+    pols = [p.strip() for p in policies.split(",") if p.strip()]
+    try:
+        rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        _fail(f"--rates must be comma-separated numbers, got {rates!r}")
+    if not pols or not rate_list or any(r <= 0 for r in rate_list):
+        _fail("need at least one policy and positive rates")
+    base = _config(trace=trace, duration=duration, count=count, policy=pols[0], profile=profile,
+                   seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
+                   drain_s=drain, instances=instances, rate=rate_list[0])
+    for p in pols:
+        _config(**{**base.model_dump(), "policy": p})
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(pols) * len(rate_list)
+    try:
+        with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}"), console=err) as prog:
+            task = prog.add_task("", total=n)
+            results = run_grid(base, pols, rate_list, workers=workers, on_done=lambda r: prog.update(
+                task, advance=1, description=f"{r['policy']}@{r['config']['rate']:g}"))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    write_csv(results, out / "results.csv")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / "plot.png", f"{trace} / {profile} / {instances} instance(s)")
+    t = Table(title="TDG ratio (SLO attainment) by rate")
+    t.add_column("policy")
+    for r in rate_list:
+        t.add_column(f"{r:g}/s", justify="right")
+    for p in pols:
+        cells = []
+        for r in rate_list:
+            m = next(x for x in results if x["policy"] == p and x["config"]["rate"] == r)
+            cells.append(f"{100 * m['tdg_ratio']:.1f} ({100 * m['slo_attainment']:.1f})")
+        t.add_row(p, *cells)
+    out_console.print(t)
+    err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
+
+
+@app.command()
+def policies() -> None:
+    """List the engine schedulers."""
+    from .engine.base import policy_names, policy_spec
+
+    t = Table(title="engine schedulers")
+    t.add_column("name")
+    t.add_column("semantics")
+    for n in policy_names():
+        t.add_row(n, policy_spec(n).summary)
+    out_console.print(t)
+
+
+@app.command()
+def profiles() -> None:
+    """List the shipped latency profiles."""
+    from .latency.profiles import list_profiles, load_profile
+
+    t = Table(title="latency profiles")
+    for c in ("name", "KV blocks", "unloaded TTFT 1k (ms)", "TPOT ctx 1k (ms)"):
+        t.add_column(c)
+    for n in list_profiles():
+        m = load_profile(n)
+        t.add_row(n, str(m.kv_blocks), f"{1000 * m.unloaded_ttft(1024):.1f}",
+                  f"{1000 * m.unloaded_tpot(1024):.2f}")
+    out_console.print(t)
+
+
+@app.command()
+def traces() -> None:
+    """List the built-in traces."""
+    from .workload.builtin import BUILTINS
+
+    t = Table(title="built-in traces")
+    t.add_column("name")
+    t.add_column("what")
+    for n, b in BUILTINS.items():
+        t.add_row(n, getattr(b, "description", "") or str(b))
+    out_console.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

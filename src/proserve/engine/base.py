@@ -1,0 +1,266 @@
+"""The engine-scheduler protocol, its shared mechanics, and the policy registry.
+
+Shape copied from vLLM v1 (``vllm/v1/core/sched/``): the scheduler owns its queues and its KV
+block manager; ``schedule(now)`` returns a plain :class:`SchedulerOutput`; after the step has run,
+``update_from_output(out, now)`` advances token counts, emits tokens and retires finished requests.
+No clock and no I/O live here: the caller passes ``now``, which is what lets one policy object run
+in the simulator (virtual time), the emulator (wall time) and inside vLLM.
+
+Every policy subclasses :class:`BaseScheduler`, which implements the parts that are not policy:
+admission checks, KV allocation, recompute preemption and token accounting. A policy supplies
+queue handling (``_enqueue``, ``_on_preempted``, ``_on_finished``) and ``schedule``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from ..core.request import Request, Status
+from ..latency.model import LatencyModel
+from .kv import BlockManager
+
+# vLLM v1 defaults for online serving on a large GPU (EngineArgs / SchedulerConfig): a token
+# budget of 8192 per iteration with chunked prefill, at most 256 running sequences.
+DEFAULT_MAX_BATCHED_TOKENS = 8192
+DEFAULT_MAX_SEQS = 256
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What to run in one iteration: ``num_tokens[i]`` tokens of ``reqs[i]``.
+
+    ``duration`` is the latency model's prediction for the batch (c0 + per-sequence terms),
+    computed while the batch was formed; the simulator uses it as the step time.
+    """
+
+    reqs: list[Request] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+    duration: float = 0.0
+    prefill_tokens: int = 0
+    decodes: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.reqs
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prefill_tokens + self.decodes
+
+
+@runtime_checkable
+class EngineScheduler(Protocol):
+    """What the simulator, the emulator and the vLLM plug-in need from a policy."""
+
+    name: str
+    model: LatencyModel
+    kv: BlockManager
+
+    def add_request(self, req: Request, now: float) -> bool: ...
+    def schedule(self, now: float) -> SchedulerOutput: ...
+    def update_from_output(self, out: SchedulerOutput, now: float) -> list[Request]: ...
+    def has_unfinished(self) -> bool: ...
+    def requests(self) -> Iterable[Request]: ...
+
+
+class BaseScheduler:
+    """Shared mechanics; subclasses implement the policy."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        model: LatencyModel,
+        *,
+        max_num_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
+        max_num_seqs: int = DEFAULT_MAX_SEQS,
+        check_invariants: bool = False,
+    ) -> None:
+        if max_num_batched_tokens <= 0 or max_num_seqs <= 0:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
+        self.model = model
+        self.kv = BlockManager(model.kv_blocks, model.block_size)
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.check_invariants = check_invariants
+        self.num_preemptions = 0
+        self.num_finished = 0
+        self.tokens_emitted = 0  # for the simulator's token-conservation check
+
+    # ------------------------------------------------------------------ policy hooks
+    def _enqueue(self, req: Request, now: float) -> None:
+        raise NotImplementedError
+
+    def _on_preempted(self, req: Request) -> None:
+        """Put a request that just lost its KV back where the policy wants it."""
+        raise NotImplementedError
+
+    def _on_finished(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def requests(self) -> Iterable[Request]:
+        """Every unfinished request this engine holds (waiting or running)."""
+        raise NotImplementedError
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+    def add_request(self, req: Request, now: float) -> bool:
+        """Queue ``req``; False (status REJECTED) if it could never fit in the KV cache."""
+        if self.kv.blocks_needed(req, req.prompt_len + req.output_len) > self.kv.total:
+            req.status = Status.REJECTED
+            req.finish_time = now
+            return False
+        req.status = Status.WAITING
+        self._enqueue(req, now)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return any(True for _ in self.requests())
+
+    @property
+    def num_unfinished(self) -> int:
+        return sum(1 for _ in self.requests())
+
+    def update_from_output(self, out: SchedulerOutput, now: float) -> list[Request]:
+        """Apply a finished iteration at time ``now``: KV computed, tokens emitted, retirements."""
+        finished: list[Request] = []
+        for r, q in zip(out.reqs, out.num_tokens):
+            r.computed += q
+            if r.computed == r.prompt_len + r.generated:
+                r.emit_token(now)
+                self.tokens_emitted += 1
+                if r.generated >= r.output_len:
+                    self._finish(r, now)
+                    finished.append(r)
+        if self.check_invariants:
+            self.check()
+        return finished
+
+    def abort_all(self, now: float, status: Status = Status.UNFINISHED) -> list[Request]:
+        """End every request still held (e.g. the simulation's drain time ran out)."""
+        left = list(self.requests())
+        for r in left:
+            self.kv.release(r)
+            r.status = status
+            r.finish_time = now
+            self._on_finished(r)
+        return left
+
+    def check(self) -> None:
+        """Assert invariants: KV within capacity and balanced, token counts consistent."""
+        reqs = list(self.requests())
+        self.kv.check(reqs)
+        for r in reqs:
+            if not 0 <= r.computed <= r.prompt_len + r.generated:
+                raise AssertionError(f"request {r.id}: computed={r.computed} out of range")
+            if r.generated > r.output_len:
+                raise AssertionError(f"request {r.id}: generated {r.generated} > {r.output_len}")
+            if r.blocks * self.kv.block_size < r.computed:
+                raise AssertionError(f"request {r.id}: KV blocks do not cover computed tokens")
+
+    # ------------------------------------------------------------------ shared mechanics
+    def _finish(self, r: Request, now: float) -> None:
+        r.status = Status.FINISHED
+        r.finish_time = now
+        self.kv.release(r)
+        self.num_finished += 1
+        self._on_finished(r)
+
+    def _preempt(self, r: Request, out: SchedulerOutput) -> None:
+        """Recompute preemption: drop the request's KV; it will prefill prompt+generated again."""
+        self.kv.release(r)
+        r.computed = 0
+        r.preemptions += 1
+        r.status = Status.WAITING
+        self.num_preemptions += 1
+        out.preempted.append(r)
+        self._on_preempted(r)
+
+    def _allocate_or_preempt(
+        self, r: Request, q: int, out: SchedulerOutput, victim: Callable[[], Request | None]
+    ) -> bool:
+        """Allocate KV for ``q`` more tokens of ``r``, preempting ``victim()`` until it fits.
+
+        Returns False if ``r`` cannot be allocated (no victim left, or ``r`` itself was chosen).
+        """
+        tokens = r.computed + q
+        while not self.kv.allocate(r, tokens):
+            v = victim()
+            if v is None:
+                return False
+            self._preempt(v, out)
+            if v is r:
+                return False
+        return True
+
+    def _add(self, out: SchedulerOutput, r: Request, q: int, cost: float) -> None:
+        out.reqs.append(r)
+        out.num_tokens.append(q)
+        out.duration += cost
+        if q == 1 and r.computed > 0:
+            out.decodes += 1
+        else:
+            out.prefill_tokens += q
+        r.status = Status.RUNNING
+
+    def new_output(self) -> SchedulerOutput:
+        return SchedulerOutput(duration=self.model.c0)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "policy": self.name,
+            "kv_blocks": self.kv.total,
+            "kv_usage": self.kv.usage,
+            "preemptions": self.num_preemptions,
+            "finished": self.num_finished,
+        }
+
+
+# ---------------------------------------------------------------------- registry
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    name: str
+    cls: type[BaseScheduler]
+    defaults: dict[str, Any]
+    summary: str
+
+
+_REGISTRY: dict[str, PolicySpec] = {}
+
+
+def register_policy(name: str, cls: type[BaseScheduler], summary: str, **defaults: Any) -> None:
+    """Register a scheduler class (with default keyword arguments) under a policy name."""
+    if name in _REGISTRY:
+        raise ValueError(f"policy {name!r} registered twice")
+    _REGISTRY[name] = PolicySpec(name, cls, dict(defaults), summary)
+
+
+def policy_names() -> list[str]:
+    from . import policies  # noqa: F401  (registers the built-in policies)
+
+    return list(_REGISTRY)
+
+
+def policy_spec(name: str) -> PolicySpec:
+    policy_names()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; available: {', '.join(_REGISTRY)}") from None
+
+
+def make_scheduler(name: str, model: LatencyModel, **params: Any) -> BaseScheduler:
+    """Build a registered policy; ``params`` override its defaults (unknown ones are an error)."""
+    spec = policy_spec(name)
+    kw = {**spec.defaults, **params}
+    try:
+        sched = spec.cls(model, **kw)
+    except TypeError as e:
+        raise ValueError(f"bad parameter for policy {name!r}: {e}") from None
+    sched.name = name  # type: ignore[misc]
+    return sched
