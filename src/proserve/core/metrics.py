@@ -1,4 +1,4 @@
-"""Aggregate metrics: TDG gain and ratio, SLO attainment, goodput, percentiles; overall and per class.
+"""Aggregate metrics: TDG gain and ratio, SLO attainment, goodput, percentiles; overall, per class.
 
 Per-request counters are maintained online by :meth:`Request.emit_token`; this module only folds
 them into summaries with numpy at the end of a run, so no per-token objects exist.
@@ -59,7 +59,9 @@ def summarize_group(
         "tdg_max": max_gain,
         "tdg_ratio": gain / max_gain if max_gain > 0 else 0.0,
         "slo_attainment": float(slo.mean()),
-        "token_deadline_attainment": tokens_on_time / float(out_len.sum()) if out_len.sum() else 0.0,
+        "token_deadline_attainment": (
+            tokens_on_time / float(out_len.sum()) if out_len.sum() else 0.0
+        ),
         "goodput_rps": float(slo.sum()) / span_s if span_s > 0 else 0.0,
         "output_tokens": int(gen.sum()),
         "preemptions": int(sum(r.preemptions for r in reqs)),

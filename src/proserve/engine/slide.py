@@ -118,10 +118,9 @@ class SlideBatching(UnifiedQueueScheduler):
             if r.tpot_slo < min_tpot:
                 min_tpot = r.tpot_slo
             rows.append((r, t, rem, pre))
-        if self.use_latency_budget:
-            budget = max(min_feasible, self.eps_frac * min_tpot) if min_feasible < math.inf else math.inf
-        else:
-            budget = math.inf
+        budget = math.inf
+        if self.use_latency_budget and min_feasible < math.inf:
+            budget = max(min_feasible, self.eps_frac * min_tpot)
         if budget == math.inf:
             phi = sum_t
         elif budget > c0:
