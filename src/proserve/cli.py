@@ -18,7 +18,9 @@ app = typer.Typer(
     help="Multi-priority, SLO-aware LLM serving: simulate and compare scheduling policies.",
 )
 out_console = Console()
-err = Console(stderr=True)
+if not out_console.is_terminal:  # pipes and CI logs: do not squeeze the tables into 80 columns
+    out_console = Console(width=140)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(msg: str) -> None:

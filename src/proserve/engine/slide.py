@@ -21,17 +21,32 @@ Every iteration, for each request r in the one queue:
    (:meth:`UnifiedQueueScheduler._walk`).
 
 Ablations (the paper's): ``order="deadline"`` (pure EDF), ``order="density"`` (everything urgent),
-``budget="tokens"`` (a fixed token budget instead of the latency budget).
+``budget="tokens"`` (a fixed token budget instead of the latency budget). Ours: ``slide-nostarve``
+(``tau_s = inf``). Under *sustained* overload the queue grows without bound, so with the
+reference's ``tau_s = 1`` nearly every queued prefill soon counts as STARVED; STARVED prefills go
+first by remain ascending, i.e. oldest first, and the policy degenerates to FCFS exactly when
+gain-aware ordering matters most. Without the guard, requests that can no longer earn gain stay
+behind those that still can.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..core.request import Request
 from ..latency.model import LatencyModel
-from .base import SchedulerOutput, register_policy
+from .base import register_policy
 from .deadline import UnifiedQueueScheduler
+from .table import strict_deadline
+
+
+def anchored_deadline(r: Request) -> float:
+    """The reference code's form: decode deadlines anchored on the actual first-token time."""
+    if r.generated > 0 and r.prompt_len + r.generated - r.computed <= 1:
+        return r.first_token_time + r.generated * r.tpot_slo
+    return strict_deadline(r)
 
 
 class SlideBatching(UnifiedQueueScheduler):
@@ -62,9 +77,12 @@ class SlideBatching(UnifiedQueueScheduler):
         budget: str = "latency",
         **kw,
     ) -> None:
-        super().__init__(model, **kw)
         if deadline_mode not in ("strict", "anchored"):
             raise ValueError("deadline_mode must be 'strict' or 'anchored'")
+        super().__init__(
+            model, deadline=anchored_deadline if deadline_mode == "anchored" else strict_deadline,
+            **kw,
+        )
         if order not in ("slide", "deadline", "density"):
             raise ValueError("order must be 'slide', 'deadline' or 'density'")
         if budget not in ("latency", "tokens"):
@@ -76,7 +94,6 @@ class SlideBatching(UnifiedQueueScheduler):
         self.tau_s = tau_s
         self.w_p = w_p
         self.w_d = w_d
-        self.anchored = deadline_mode == "anchored"
         self.order = order
         self.use_latency_budget = budget == "latency"
         # Introspection for timelines / tests: the last iteration's budget, Phi and urgent count.
@@ -84,40 +101,68 @@ class SlideBatching(UnifiedQueueScheduler):
         self.last_phi = 0.0
         self.last_urgent = 0
 
-    def schedule(self, now: float) -> SchedulerOutput:
-        out = self.new_output()
-        if not self.active:
-            return out
-        m = self.model
-        c0, c1, c2, c3, c4, d1, d2 = m.c0, m.c1, m.c2, m.c3, m.c4, m.d1, m.d2
-        anchored = self.anchored
-        # Pass 1: per-request cost and slack (plain Python: for the queue sizes an engine holds
-        # this beats building numpy arrays from objects; see benchmarks/bench_scheduler.py).
-        rows: list[tuple[Request, float, float, bool]] = []
+    def plan(self, now: float, slots: np.ndarray) -> tuple[np.ndarray, float]:
+        t = self.table
+        c0 = self.model.c0
+        t_hat = t.t_hat[slots]
+        rem = t.dl[slots] - now
+        pre = t.pre[slots]
+        # 3. latency budget: min remain over feasible requests, floored at eps
+        budget = math.inf
+        if self.use_latency_budget:
+            feasible = rem >= t_hat + c0
+            if feasible.any():
+                budget = max(float(rem[feasible].min()), self.eps_frac * float(t.tpot[slots].min()))
+        # 4. load judgment
+        sum_t = float(t_hat.sum())
+        if budget == math.inf:
+            phi = sum_t
+        elif budget > c0:
+            phi = sum_t * budget / (budget - c0)
+        else:
+            phi = math.inf
+        # 5. sliding boundary
+        if self.order == "deadline":
+            urgent = np.zeros(slots.size, bool)
+        elif self.order == "density":
+            urgent = np.ones(slots.size, bool)
+        else:
+            urgent = rem < self.lam * phi
+        # 6. order: group 0 urgent decodes, 1 starved prefills, 2 partial prefills,
+        #    3 fresh prefills (1-3 urgent), 4 normal; then the group's key; ties arrival, id
+        starved = rem < -self.tau_s * t.ttft[slots]
+        group = np.where(
+            ~urgent, 4,
+            np.where(~pre, 0, np.where(starved, 1, np.where(t.partial[slots], 2, 3))),
+        )
+        with np.errstate(divide="ignore"):
+            density = t.weight[slots] / t_hat
+        key = np.where(
+            (group == 1) | (group == 4), rem,
+            -density * np.where(pre, self.w_p, self.w_d),
+        )
+        order = np.lexsort((t.rid[slots], t.arrival[slots], key, group))
+        self.last_budget, self.last_phi = budget, phi
+        self.last_urgent = int(urgent.sum())
+        return order, budget
+
+    def plan_small(self, now: float) -> tuple[list[Request], float]:
+        t = self.table
+        dl, th = t.py_dl, t.py_t_hat
+        c0 = self.model.c0
+        rows = []
         sum_t = 0.0
         min_feasible = math.inf
         min_tpot = math.inf
-        for r in self.active.values():
-            g = r.generated
-            p = r.computed
-            pend = r.prompt_len + g - p
-            if g == 0 or pend > 1:
-                t = c1 * pend * pend + (c2 + c3 * p) * pend + c4 * p
-                pre = True
-                rem = r.arrival + r.ttft_slo + g * r.tpot_slo - now
-            else:
-                t = d1 + d2 * (p + 1)
-                pre = False
-                if anchored:
-                    rem = r.first_token_time + g * r.tpot_slo - now
-                else:
-                    rem = r.arrival + r.ttft_slo + g * r.tpot_slo - now
-            sum_t += t
-            if rem >= t + c0 and rem < min_feasible:
+        for s, r in t.items():
+            t_hat = th[s]
+            rem = dl[s] - now
+            sum_t += t_hat
+            if rem >= t_hat + c0 and rem < min_feasible:
                 min_feasible = rem
             if r.tpot_slo < min_tpot:
                 min_tpot = r.tpot_slo
-            rows.append((r, t, rem, pre))
+            rows.append((r, t_hat, rem))
         budget = math.inf
         if self.use_latency_budget and min_feasible < math.inf:
             budget = max(min_feasible, self.eps_frac * min_tpot)
@@ -127,15 +172,11 @@ class SlideBatching(UnifiedQueueScheduler):
             phi = sum_t * budget / (budget - c0)
         else:
             phi = math.inf
-        # Pass 2: sort keys. Group 0 urgent decodes, 1 starved prefills, 2 partial prefills,
-        # 3 fresh prefills (1-3 urgent), 4 normal.
         bound = self.lam * phi
-        mode = self.order
-        tau_s = self.tau_s
-        wp, wd = self.w_p, self.w_d
+        mode, tau_s, wp, wd = self.order, self.tau_s, self.w_p, self.w_d
         keys = []
         urgent = 0
-        for r, t, rem, pre in rows:
+        for r, t_hat, rem in rows:
             if mode == "deadline":
                 is_urgent = False
             elif mode == "density":
@@ -146,17 +187,16 @@ class SlideBatching(UnifiedQueueScheduler):
                 keys.append((4, rem, r.arrival, r.id, r))
                 continue
             urgent += 1
-            if not pre:
-                keys.append((0, -wd * r.weight / t if t > 0 else -math.inf, r.arrival, r.id, r))
+            density = r.weight / t_hat if t_hat > 0 else math.inf
+            if r.generated > 0 and r.prompt_len + r.generated - r.computed <= 1:
+                keys.append((0, -density * wd, r.arrival, r.id, r))
             elif rem < -tau_s * r.ttft_slo:
                 keys.append((1, rem, r.arrival, r.id, r))
             else:
-                dens = -wp * r.weight / t if t > 0 else -math.inf
-                keys.append((2 if r.computed > 0 else 3, dens, r.arrival, r.id, r))
+                keys.append((2 if r.computed > 0 else 3, -density * wp, r.arrival, r.id, r))
         keys.sort()
         self.last_budget, self.last_phi, self.last_urgent = budget, phi, urgent
-        self._walk([k[4] for k in keys], budget, out)
-        return out
+        return [k[4] for k in keys], budget
 
 
 register_policy(
@@ -173,6 +213,13 @@ register_policy(
     "slide-density-only", SlideBatching,
     "SlideBatching ablation: pure gain-density order (everything urgent), latency budget kept",
     order="density",
+)
+register_policy(
+    "slide-nostarve", SlideBatching,
+    "SlideBatching without the starvation guard (tau_s = inf): under sustained overload the "
+    "reference guard (tau_s = 1) marks most queued prefills STARVED and serves them oldest-first, "
+    "i.e. FCFS; see docs/BENCHMARKS.md",
+    tau_s=math.inf,
 )
 register_policy(
     "slide-token-budget", SlideBatching,
