@@ -253,6 +253,47 @@ def profiles() -> None:
     out_console.print(t)
 
 
+@app.command("fit")
+def fit_cmd(
+    points: Path = typer.Argument(..., help="CSV of profiled points: kind,q,p,batch,seconds."),
+    out: Path = typer.Option(..., "--out", help="Profile file to write (.yaml or .json)."),
+    kv_blocks: int = typer.Option(..., "--kv-blocks", help="KV capacity of the profiled deployment, in blocks."),
+    block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+    name: str = typer.Option("custom", "--name", help="Profile name."),
+    holdout: float = typer.Option(0.2, "--holdout", help="Fraction of points held out to report the fit error."),
+    seed: int = SeedOpt,
+) -> None:
+    """Fit the ProServe latency model (NNLS) to profiled points and write a profile file."""
+    import numpy as np
+
+    from .latency.model import LatencyModel, fit_error, read_points_csv
+    from .latency.profiles import save_profile
+
+    try:
+        pts = read_points_csv(points)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if not 0 <= holdout < 1:
+        _fail("--holdout must be in [0, 1)")
+    rng = np.random.default_rng(seed)
+    test_mask = rng.random(len(pts)) < holdout
+    train = [p for p, t in zip(pts, test_mask) if not t]
+    test = [p for p, t in zip(pts, test_mask) if t] or train
+    try:
+        model = LatencyModel.fit(train, kv_blocks=kv_blocks, block_size=block_size, name=name)
+    except ValueError as e:
+        _fail(str(e))
+    err_test = fit_error(model, test)
+    model.meta["fit_error"] = {"held_out": err_test, "train": fit_error(model, train)}
+    save_profile(model, out, provenance=(
+        f"Fitted by `proserve fit {points} --kv-blocks {kv_blocks} --block-size {block_size} "
+        f"--holdout {holdout} --seed {seed}` on {len(train)} points; held-out error measured on "
+        f"{len(test)} points."))
+    out_console.print(f"fitted {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in model.coeffs().items()))
+    out_console.print(f"held-out error: mean {100 * err_test['mape']:.1f}%, p90 {100 * err_test['p90_ape']:.1f}% "
+                      f"({err_test['n']} points); wrote {out}")
+
+
 @app.command()
 def traces() -> None:
     """List the built-in traces."""

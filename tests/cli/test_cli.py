@@ -96,3 +96,27 @@ def test_bad_inputs_fail_clearly(tmp_path: Path) -> None:
         assert not out.exists()
     res = invoke("compare", "--rates", "1,x", "--out", str(tmp_path / "c"))
     assert res.exit_code == 2 and "--rates" in res.output
+
+
+def test_fit_writes_profile_usable_by_simulate(tmp_path: Path) -> None:
+    from proserve.latency.model import LatencyModel, ProfilePoint, write_points_csv
+
+    true = LatencyModel(c0=0.004, c1=1e-9, c2=2e-5, c3=1e-9, c4=1e-8, d1=1e-5, d2=5e-8)
+    pts = [ProfilePoint("prefill", q, p, 1, true.predict_point(ProfilePoint("prefill", q, p, 1, 1)))
+           for q in (16, 64, 256, 1024, 4096) for p in (0, 512, 2048)]
+    pts += [ProfilePoint("decode", 1, L, b, true.predict_point(ProfilePoint("decode", 1, L, b, 1)))
+            for L in (128, 1024, 4096) for b in (1, 8, 64)]
+    csv_path, prof = tmp_path / "pts.csv", tmp_path / "p.yaml"
+    write_points_csv(csv_path, pts)
+    res = invoke("fit", str(csv_path), "--kv-blocks", "5000", "--out", str(prof), "--name", "t")
+    assert res.exit_code == 0, res.output
+    assert "held-out error: mean 0.0%" in res.output  # exact data: exact fit
+    out = tmp_path / "r.json"
+    res = invoke("simulate", "--profile", str(prof), "--trace", "azure-conv", "--rate", "3",
+                 "--count", "30", "--quiet", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["kv_blocks"] == 5000
+    bad = tmp_path / "bad.csv"
+    bad.write_text("kind,q,p,batch,seconds\nprefill,10,0,1,0.1\nwarp,1,1,1,1\n")
+    res = invoke("fit", str(bad), "--kv-blocks", "10", "--out", str(tmp_path / "z.yaml"))
+    assert res.exit_code == 2 and "bad.csv:3" in res.output and "warp" in res.output
