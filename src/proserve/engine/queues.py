@@ -106,19 +106,18 @@ class VTCQueue:
         base = self.counters.get(k, 0.0)
         self.counters[k] = max(base, min(backlogged)) if backlogged else base
 
-    def push(self, r: Request) -> None:
+    def _queue_for(self, r: Request) -> deque[Request]:
         k = self.key(r)
         q = self._q.setdefault(k, deque())
         if not q:
             self._lift(k)
-        q.append(r)
+        return q
+
+    def push(self, r: Request) -> None:
+        self._queue_for(r).append(r)
 
     def prepend(self, r: Request) -> None:
-        k = self.key(r)
-        q = self._q.setdefault(k, deque())
-        if not q:
-            self._lift(k)
-        q.appendleft(r)
+        self._queue_for(r).appendleft(r)
 
     def _min_key(self) -> str:
         best: str | None = None

@@ -101,26 +101,29 @@ class SlideBatching(UnifiedQueueScheduler):
         self.last_phi = 0.0
         self.last_urgent = 0
 
+    def budget_and_phi(self, min_feasible: float, min_tpot: float,
+                       sum_t: float) -> tuple[float, float]:
+        """Steps 3-4: latency budget B and load judgment Phi from the queue's aggregates."""
+        c0 = self.model.c0
+        budget = math.inf
+        if self.use_latency_budget and min_feasible < math.inf:
+            budget = max(min_feasible, self.eps_frac * min_tpot)
+        if budget == math.inf:
+            return budget, sum_t
+        if budget > c0:
+            return budget, sum_t * budget / (budget - c0)
+        return budget, math.inf  # every batch would be all overhead
+
     def plan(self, now: float, slots: np.ndarray) -> tuple[np.ndarray, float]:
         t = self.table
         c0 = self.model.c0
         t_hat = t.t_hat[slots]
         rem = t.dl[slots] - now
         pre = t.pre[slots]
-        # 3. latency budget: min remain over feasible requests, floored at eps
-        budget = math.inf
-        if self.use_latency_budget:
-            feasible = rem >= t_hat + c0
-            if feasible.any():
-                budget = max(float(rem[feasible].min()), self.eps_frac * float(t.tpot[slots].min()))
-        # 4. load judgment
-        sum_t = float(t_hat.sum())
-        if budget == math.inf:
-            phi = sum_t
-        elif budget > c0:
-            phi = sum_t * budget / (budget - c0)
-        else:
-            phi = math.inf
+        feasible = rem >= t_hat + c0
+        min_feasible = float(rem[feasible].min()) if feasible.any() else math.inf
+        budget, phi = self.budget_and_phi(
+            min_feasible, float(t.tpot[slots].min()), float(t_hat.sum()))
         # 5. sliding boundary
         if self.order == "deadline":
             urgent = np.zeros(slots.size, bool)
@@ -163,15 +166,7 @@ class SlideBatching(UnifiedQueueScheduler):
             if r.tpot_slo < min_tpot:
                 min_tpot = r.tpot_slo
             rows.append((r, t_hat, rem))
-        budget = math.inf
-        if self.use_latency_budget and min_feasible < math.inf:
-            budget = max(min_feasible, self.eps_frac * min_tpot)
-        if budget == math.inf:
-            phi = sum_t
-        elif budget > c0:
-            phi = sum_t * budget / (budget - c0)
-        else:
-            phi = math.inf
+        budget, phi = self.budget_and_phi(min_feasible, min_tpot, sum_t)
         bound = self.lam * phi
         mode, tau_s, wp, wd = self.order, self.tau_s, self.w_p, self.w_d
         keys = []
