@@ -166,7 +166,7 @@ def simulate(
 
 @app.command()
 def compare(
-    policies: str = typer.Option("vllm-fcfs,vllm-priority,sarathi-fcfs,sarathi-priority,vtc,fairbatching,slide",
+    policies: str = typer.Option("vllm-fcfs,vllm-priority,sarathi-fcfs,sarathi-priority,vtc,fairbatching,slide,slide-nostarve",
                                  "--policies", help="Comma-separated policies."),
     rates: str = typer.Option(..., "--rates", help="Comma-separated request rates (req/s)."),
     trace: str = TraceOpt,

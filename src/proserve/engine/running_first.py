@@ -127,20 +127,28 @@ class RunningFirstScheduler(BaseScheduler):
             order = [r for r in running if not r.in_prefill] + [r for r in running if r.in_prefill]
         else:
             order = list(running)
+        # Hot loop: one pass per running request per step. KV allocation (and with it the
+        # preemption machinery) only runs when the request crosses a block boundary.
+        bs = self.kv.block_size
+        max_seqs = self.max_num_seqs
+        is_running = Status.RUNNING
+        seq_time = m.seq_time
         for r in order:
-            if r.status != Status.RUNNING:  # preempted earlier in this step
+            if r.status != is_running:  # preempted earlier in this step
                 continue
             budget = cap - out.prefill_tokens - out.decodes
-            if budget <= 0 or len(out.reqs) >= self.max_num_seqs:
+            if budget <= 0 or len(out.reqs) >= max_seqs:
                 break
-            q = min(r.pending, budget)
-            n_pre = len(out.preempted)
-            ok = self._allocate_or_preempt(r, q, out, self._victim)
-            if len(out.preempted) > n_pre:
-                self._drop_preempted(out, out.preempted[n_pre:])
-            if not ok:
-                break
-            self._add(out, r, q, m.seq_time(q, r.computed))
+            p = r.computed
+            q = min(r.prompt_len + r.generated - p, budget)
+            if r.blocks * bs < p + q:
+                n_pre = len(out.preempted)
+                ok = self._allocate_or_preempt(r, q, out, self._victim)
+                if len(out.preempted) > n_pre:
+                    self._drop_preempted(out, out.preempted[n_pre:])
+                if not ok:
+                    break
+            self._add(out, r, q, seq_time(q, p))
         if not out.preempted:
             waiting = self.waiting
             while len(waiting) and len(running) < self.max_num_seqs:
