@@ -53,7 +53,8 @@ def main() -> None:
                    tdg=r["tdg_ratio"], tdg_high=pc["high"]["tdg_ratio"])
         rows.append(row)
         print(f"{p:18s} {w:6g} {100 * row['slo']:7.1f}% {100 * row['slo_high']:8.1f}% "
-              f"{100 * row['slo_low']:7.1f}% {100 * row['tdg']:7.1f}% {100 * row['tdg_high']:8.1f}%")
+              f"{100 * row['slo_low']:7.1f}% {100 * row['tdg']:7.1f}% "
+              f"{100 * row['tdg_high']:8.1f}%")
     for p in policies:
         mine = [r for r in rows if r["policy"] == p]
         lo, hi = mine[0], mine[-1]
