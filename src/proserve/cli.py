@@ -104,6 +104,7 @@ KvOpt = typer.Option(None, "--kv-blocks", help="Override the profile's KV capaci
 ArrOpt = typer.Option("poisson", "--arrival", help="Arrivals for length-only traces: poisson | gamma.")
 CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-arrival times.")
 DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep serving after the last arrival.")
+TenantOpt = typer.Option(None, "--tenant-classes", help="Map tenants (ServeGen clients) to classes: 'volume' (heaviest tenants to the first class, by share), 'top:0.2', or 'client-5=high,client-9=low'.")
 PArgOpt = typer.Option(None, "--policy-arg", help="Policy parameter key=value (repeatable), e.g. lam=0.9.")
 
 
@@ -122,6 +123,7 @@ def simulate(
     cv: float = CvOpt,
     drain: float = DrainOpt,
     policy_arg: list[str] | None = PArgOpt,
+    tenant_classes: str | None = TenantOpt,
     instances: int = typer.Option(1, "--instances", help="Engine instances (round-robin routing for now)."),
     w_p: float = typer.Option(1.0, "--w-p", help="TDG weight of the first token."),
     w_d: float = typer.Option(1.0, "--w-d", help="TDG weight of each later token."),
@@ -136,7 +138,7 @@ def simulate(
         trace=trace, rate=rate, duration=duration, count=count, policy=policy,
         policy_args=_policy_args(policy_arg), profile=profile, seed=seed, classes=classes,
         kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
-        w_p=w_p, w_d=w_d,
+        w_p=w_p, w_d=w_d, tenant_classes=tenant_classes,
     )
     try:
         if quiet:
@@ -179,6 +181,7 @@ def compare(
     arrival: str = ArrOpt,
     cv: float = CvOpt,
     drain: float = DrainOpt,
+    tenant_classes: str | None = TenantOpt,
     instances: int = typer.Option(1, "--instances", help="Engine instances per run."),
     workers: int | None = typer.Option(None, "--workers", help="Parallel processes (default: CPU count)."),
     out: Path = typer.Option(Path("compare-out"), "--out", help="Output directory for results.csv, plot.png, results.json."),
@@ -195,7 +198,8 @@ def compare(
         _fail("need at least one policy and positive rates")
     base = _config(trace=trace, duration=duration, count=count, policy=pols[0], profile=profile,
                    seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
-                   drain_s=drain, instances=instances, rate=rate_list[0])
+                   drain_s=drain, instances=instances, rate=rate_list[0],
+                   tenant_classes=tenant_classes)
     for p in pols:
         _config(**{**base.model_dump(), "policy": p})
     out.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,20 @@ def test_fit_writes_profile_usable_by_simulate(tmp_path: Path) -> None:
     bad.write_text("kind,q,p,batch,seconds\nprefill,10,0,1,0.1\nwarp,1,1,1,1\n")
     res = invoke("fit", str(bad), "--kv-blocks", "10", "--out", str(tmp_path / "z.yaml"))
     assert res.exit_code == 2 and "bad.csv:3" in res.output and "warp" in res.output
+
+
+def test_servegen_tenants_mapped_to_classes(tmp_path: Path) -> None:
+    out = tmp_path / "sg.json"
+    res = invoke("simulate", "--trace", "servegen-m-small", "--rate", "10", "--duration", "60",
+                 "--classes", "high:w=4,share=0.3;mid:w=2,share=0.3;low:w=1,share=0.4",
+                 "--tenant-classes", "volume", "--quiet", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert set(d["per_class"]) == {"high", "mid", "low"}
+    assert d["workload"]["tenant_pinned"] == d["requests"] > 0  # every request via its tenant
+    res = invoke("simulate", "--trace", "azure-conv", "--count", "10", "--tenant-classes",
+                 "volume", "--quiet")
+    assert res.exit_code == 2 and "no tenants" in res.output
+    res = invoke("simulate", "--trace", "servegen-m-small", "--rate", "5", "--duration", "10",
+                 "--tenant-classes", "client-1", "--quiet")
+    assert res.exit_code == 2 and "tenant rule" in res.output

@@ -42,6 +42,9 @@ class SimConfig(BaseModel):
     w_p: float = Field(default=1.0, ge=0)
     w_d: float = Field(default=1.0, ge=0)
     max_model_len: int | None = Field(default=None, gt=0)
+    # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
+    # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
+    tenant_classes: str | None = None
 
     @field_validator("arrival")
     @classmethod
@@ -63,6 +66,21 @@ class SimConfig(BaseModel):
         return v
 
 
+def parse_tenant_classes(spec: str | None) -> str | dict[str, str] | None:
+    """A rule name passes through; ``a=x,b=y`` becomes a dict; anything else is an error."""
+    if not spec:
+        return None
+    if "=" not in spec:
+        return spec
+    out: dict[str, str] = {}
+    for item in spec.split(","):
+        tenant, eq, cls = item.partition("=")
+        if not eq or not tenant.strip() or not cls.strip():
+            raise ValueError(f"bad --tenant-classes item {item!r}: expected tenant=class")
+        out[tenant.strip()] = cls.strip()
+    return out
+
+
 def load_model(cfg: SimConfig) -> LatencyModel:
     model = load_profile(cfg.profile)
     return model.with_kv_blocks(cfg.kv_blocks) if cfg.kv_blocks else model
@@ -80,7 +98,7 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     reqs, wl_info = make_workload(
         cfg.trace, rate=cfg.rate, duration=cfg.duration, count=cfg.count, classes=cfg.classes,
         model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
-        max_model_len=cfg.max_model_len,
+        max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
     )
     engines = [make_scheduler(cfg.policy, model, **cfg.policy_args) for _ in range(cfg.instances)]
     res = simulate(reqs, engines, drain_s=cfg.drain_s, progress=progress)
