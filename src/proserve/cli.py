@@ -40,12 +40,12 @@ def _parse_value(v: str) -> Any:
     return v
 
 
-def _policy_args(items: list[str] | None) -> dict[str, Any]:
+def _policy_args(items: list[str] | None, flag: str = "--policy-arg") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for it in items or []:
         k, eq, v = it.partition("=")
         if not eq or not k.strip():
-            _fail(f"--policy-arg expects key=value, got {it!r}")
+            _fail(f"{flag} expects key=value, got {it!r}")
         out[k.strip().replace("-", "_")] = _parse_value(v.strip())
     return out
 
@@ -77,7 +77,8 @@ def _fmt(v: Any, pct: bool = False, ms: bool = False) -> str:
 
 def summary_table(res: dict) -> Table:
     t = Table(title=f"{res['policy']} on {res['workload'].get('trace', '?')} "
-                    f"({res['instances']} instance(s), profile {res['profile']})")
+                    f"({res['instances']} instance(s), {res.get('mode', 'colocated')}, "
+                    f"router {res['router']}, profile {res['profile']})")
     for col in ("class", "requests", "finished", "TDG ratio", "SLO attain", "goodput r/s",
                 "TTFT p50/p99 ms", "TPOT p50/p99 ms", "preempt"):
         t.add_column(col, justify="right")
@@ -105,6 +106,13 @@ ArrOpt = typer.Option("poisson", "--arrival", help="Arrivals for length-only tra
 CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-arrival times.")
 DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep serving after the last arrival.")
 TenantOpt = typer.Option(None, "--tenant-classes", help="Map tenants (ServeGen clients) to classes: 'volume' (heaviest tenants to the first class, by share), 'top:0.2', or 'client-5=high,client-9=low'.")
+RouterOpt = typer.Option(None, "--router", help="Router across instances (see `proserve routers`); default round-robin when instances > 1.")
+RArgOpt = typer.Option(None, "--router-arg", help="Router parameter key=value (repeatable), e.g. alpha=0.8.")
+ViewOpt = typer.Option(0.0, "--view-interval", help="Milliseconds between router view refreshes (0: exact views).")
+ModeOpt = typer.Option("colocated", "--mode", help="colocated | disaggregated (separate prefill and decode pools).")
+PInstOpt = typer.Option(None, "--prefill-instances", help="Prefill pool size (disaggregated mode).")
+DInstOpt = typer.Option(None, "--decode-instances", help="Decode pool size (disaggregated mode).")
+LinkOpt = typer.Option(50.0, "--kv-link-gbs", help="KV transfer bandwidth prefill->decode in GB/s (disaggregated mode).")
 PArgOpt = typer.Option(None, "--policy-arg", help="Policy parameter key=value (repeatable), e.g. lam=0.9.")
 
 
@@ -124,7 +132,14 @@ def simulate(
     drain: float = DrainOpt,
     policy_arg: list[str] | None = PArgOpt,
     tenant_classes: str | None = TenantOpt,
-    instances: int = typer.Option(1, "--instances", help="Engine instances (round-robin routing for now)."),
+    instances: int = typer.Option(1, "--instances", help="Engine instances (co-located mode)."),
+    router: str | None = RouterOpt,
+    router_arg: list[str] | None = RArgOpt,
+    view_interval: float = ViewOpt,
+    mode: str = ModeOpt,
+    prefill_instances: int | None = PInstOpt,
+    decode_instances: int | None = DInstOpt,
+    kv_link_gbs: float = LinkOpt,
     w_p: float = typer.Option(1.0, "--w-p", help="TDG weight of the first token."),
     w_d: float = typer.Option(1.0, "--w-d", help="TDG weight of each later token."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
@@ -138,7 +153,10 @@ def simulate(
         trace=trace, rate=rate, duration=duration, count=count, policy=policy,
         policy_args=_policy_args(policy_arg), profile=profile, seed=seed, classes=classes,
         kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
-        w_p=w_p, w_d=w_d, tenant_classes=tenant_classes,
+        w_p=w_p, w_d=w_d, tenant_classes=tenant_classes, router=router,
+        router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
+        mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
+        kv_link_gbytes_s=kv_link_gbs,
     )
     try:
         if quiet:
@@ -183,11 +201,17 @@ def compare(
     drain: float = DrainOpt,
     tenant_classes: str | None = TenantOpt,
     instances: int = typer.Option(1, "--instances", help="Engine instances per run."),
+    routers: str | None = typer.Option(None, "--routers", help="Comma-separated routers: the grid gets a router dimension."),
+    view_interval: float = ViewOpt,
+    mode: str = ModeOpt,
+    prefill_instances: int | None = PInstOpt,
+    decode_instances: int | None = DInstOpt,
+    kv_link_gbs: float = LinkOpt,
     workers: int | None = typer.Option(None, "--workers", help="Parallel processes (default: CPU count)."),
     out: Path = typer.Option(Path("compare-out"), "--out", help="Output directory for results.csv, plot.png, results.json."),
 ) -> None:
     """Run a policy x rate grid in parallel; write CSV, JSON and a plot of TDG ratio and attainment."""
-    from .experiments.compare import plot, run_grid, write_csv
+    from .experiments.compare import label, plot, run_grid, write_csv
 
     pols = [p.strip() for p in policies.split(",") if p.strip()]
     try:
@@ -199,32 +223,36 @@ def compare(
     base = _config(trace=trace, duration=duration, count=count, policy=pols[0], profile=profile,
                    seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
                    drain_s=drain, instances=instances, rate=rate_list[0],
-                   tenant_classes=tenant_classes)
+                   tenant_classes=tenant_classes, view_interval_ms=view_interval, mode=mode,
+                   prefill_instances=prefill_instances, decode_instances=decode_instances,
+                   kv_link_gbytes_s=kv_link_gbs)
+    router_list: list[str | None] = [r.strip() for r in routers.split(",") if r.strip()] if routers else [None]
     for p in pols:
-        _config(**{**base.model_dump(), "policy": p})
+        for rt in router_list:
+            _config(**{**base.model_dump(), "policy": p, "router": rt})
     out.mkdir(parents=True, exist_ok=True)
-    n = len(pols) * len(rate_list)
+    n = len(pols) * len(rate_list) * len(router_list)
     try:
         with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}"), console=err) as prog:
             task = prog.add_task("", total=n)
-            results = run_grid(base, pols, rate_list, workers=workers, on_done=lambda r: prog.update(
-                task, advance=1, description=f"{r['policy']}@{r['config']['rate']:g}"))
+            results = run_grid(base, pols, rate_list, routers=router_list, workers=workers,
+                               on_done=lambda r: prog.update(task, advance=1, description=f"{label(r)}@{r['config']['rate']:g}"))
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     write_csv(results, out / "results.csv")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out / "plot.png", f"{trace} / {profile} / {instances} instance(s)")
     t = Table(title="TDG ratio (SLO attainment) by rate")
-    t.add_column("policy")
+    t.add_column("series")
     for r in rate_list:
         t.add_column(f"{r:g}/s", justify="right")
-    for p in pols:
+    for series in dict.fromkeys(label(x) for x in results):
         cells = []
         for r in rate_list:
-            m = next(x for x in results if x["policy"] == p and x["config"]["rate"] == r)
+            m = next(x for x in results if label(x) == series and x["config"]["rate"] == r)
             cells.append(f"{100 * m['tdg_ratio']:.1f} ({100 * m['slo_attainment']:.1f})")
-        t.add_row(p, *cells)
+        t.add_row(series, *cells)
     out_console.print(t)
     err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
 
@@ -239,6 +267,19 @@ def policies() -> None:
     t.add_column("semantics")
     for n in policy_names():
         t.add_row(n, policy_spec(n).summary)
+    out_console.print(t)
+
+
+@app.command()
+def routers() -> None:
+    """List the routers."""
+    from .cluster.base import router_names, router_spec
+
+    t = Table(title="routers")
+    t.add_column("name")
+    t.add_column("what it does")
+    for n in router_names():
+        t.add_row(n, router_spec(n).summary)
     out_console.print(t)
 
 

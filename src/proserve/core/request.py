@@ -57,6 +57,9 @@ class Request:
     blocks: int = 0  # KV blocks held
     preemptions: int = 0
     instance: int = -1  # which engine instance serves it (set by the cluster)
+    # Disaggregated serving: on a prefill instance the request ends its stay there when its first
+    # token is out (the KV then moves to a decode instance).
+    prefill_only: bool = False
 
     # --- online metrics ---
     first_token_time: float = -1.0

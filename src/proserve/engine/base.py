@@ -51,6 +51,22 @@ class SchedulerOutput:
         return self.prefill_tokens + self.decodes
 
 
+PrefillItem = tuple[int, int, float, float, float, float, int]
+
+
+@dataclass(slots=True)
+class EngineLoad:
+    """An engine's load at one moment (see :meth:`BaseScheduler.load`)."""
+
+    prefill: list[PrefillItem]
+    decodes: int
+    decode_context: int  # sum of decode-stage context lengths
+    free_blocks: int
+    total_blocks: int
+    received: int = -1  # requests the engine had been given (-1: unknown to the source)
+    min_decode_tpot: float = float("inf")  # tightest TPOT SLO among decode-stage requests
+
+
 @runtime_checkable
 class EngineScheduler(Protocol):
     """What the simulator, the emulator and the vLLM plug-in need from a policy."""
@@ -64,6 +80,7 @@ class EngineScheduler(Protocol):
     def update_from_output(self, out: SchedulerOutput, now: float) -> list[Request]: ...
     def has_unfinished(self) -> bool: ...
     def requests(self) -> Iterable[Request]: ...
+    def load(self) -> EngineLoad: ...
 
 
 class BaseScheduler:
@@ -89,6 +106,7 @@ class BaseScheduler:
         self.num_preemptions = 0
         self.num_finished = 0
         self.tokens_emitted = 0  # for the simulator's token-conservation check
+        self.num_received = 0  # add_request calls: lets a router tell what a view includes
 
     # ------------------------------------------------------------------ policy hooks
     def _enqueue(self, req: Request, now: float) -> None:
@@ -111,6 +129,7 @@ class BaseScheduler:
     # ------------------------------------------------------------------ public API
     def add_request(self, req: Request, now: float) -> bool:
         """Queue ``req``; False (status REJECTED) if it could never fit in the KV cache."""
+        self.num_received += 1
         if self.kv.blocks_needed(req, req.prompt_len + req.output_len) > self.kv.total:
             req.status = Status.REJECTED
             req.finish_time = now
@@ -132,6 +151,12 @@ class BaseScheduler:
         for r, q in zip(out.reqs, out.num_tokens):
             r.computed += q
             if r.computed == r.prompt_len + r.generated:
+                if r.prefill_only and r.generated == 0 and r.output_len > 1:
+                    # disaggregated prefill: the first token reaches the user from the decode
+                    # instance once the KV has moved there, so it is emitted by the caller then
+                    self._finish(r, now)
+                    finished.append(r)
+                    continue
                 r.emit_token(now)
                 self.tokens_emitted += 1
                 if r.generated >= r.output_len:
@@ -160,7 +185,10 @@ class BaseScheduler:
                 raise AssertionError(f"request {r.id}: computed={r.computed} out of range")
             if r.generated > r.output_len:
                 raise AssertionError(f"request {r.id}: generated {r.generated} > {r.output_len}")
-            if r.blocks * self.kv.block_size < r.computed:
+            # A waiting request with no blocks may have computed tokens: KV that arrived from a
+            # prefill instance (disaggregated mode) waits in a transfer buffer until admitted.
+            if r.blocks * self.kv.block_size < r.computed and not (
+                    r.blocks == 0 and r.status == Status.WAITING):
                 raise AssertionError(f"request {r.id}: KV blocks do not cover computed tokens")
 
     # ------------------------------------------------------------------ shared mechanics
@@ -207,6 +235,29 @@ class BaseScheduler:
         else:
             out.prefill_tokens += q
         r.status = Status.RUNNING
+
+    def load(self) -> EngineLoad:
+        """What a router may know about this engine: its prefill queue and decode load.
+
+        Prefill items are ``(pending tokens, computed tokens, weight, arrival, ttft_slo,
+        tpot_slo, generated)`` tuples: small, immutable and cheap to copy into a router's view.
+        """
+        prefill: list[PrefillItem] = []
+        decodes = 0
+        ctx = 0
+        min_tpot = float("inf")
+        for r in self.requests():
+            pend = r.prompt_len + r.generated - r.computed
+            if r.generated == 0 or pend > 1:
+                prefill.append((pend, r.computed, r.weight, r.arrival, r.ttft_slo, r.tpot_slo,
+                                r.generated))
+            else:
+                decodes += 1
+                ctx += r.computed + 1
+                if r.tpot_slo < min_tpot:
+                    min_tpot = r.tpot_slo
+        return EngineLoad(prefill, decodes, ctx, self.kv.free, self.kv.total, self.num_received,
+                          min_tpot)
 
     def new_output(self) -> SchedulerOutput:
         return SchedulerOutput(duration=self.model.c0)

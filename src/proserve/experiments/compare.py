@@ -17,7 +17,7 @@ from typing import Any
 from ..sim.run import SimConfig, run
 
 CSV_FIELDS = [
-    "policy", "rate", "requests", "finished", "unfinished", "tdg_ratio", "slo_attainment",
+    "policy", "router", "instances", "rate", "requests", "finished", "unfinished", "tdg_ratio", "slo_attainment",
     "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "preemptions", "sim_wall_s",
 ]
 
@@ -27,17 +27,25 @@ def _run_point(cfg_json: str) -> dict:
     return run(cfg)
 
 
+def label(r: dict) -> str:
+    """How a grid point's series is named: the policy, plus the router when there are several."""
+    router = r.get("router")
+    return r["policy"] if router in (None, "single") else f"{router}+{r['policy']}"
+
+
 def run_grid(
     base: SimConfig,
     policies: Sequence[str],
     rates: Sequence[float],
     *,
+    routers: Sequence[str | None] = (None,),
     workers: int | None = None,
     on_done: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Run every (policy, rate) point; returns full result dicts sorted by (policy order, rate)."""
+    """Run every (router, policy, rate) point; results sorted by (router, policy, rate) order."""
     cfgs = [
-        base.model_copy(update={"policy": p, "rate": float(r)}) for p in policies for r in rates
+        base.model_copy(update={"policy": p, "rate": float(r), "router": rt})
+        for rt in routers for p in policies for r in rates
     ]
     for c in cfgs:  # validate every point before starting any work
         SimConfig.model_validate(c.model_dump())
@@ -55,8 +63,10 @@ def run_grid(
                 results.append(f.result())
                 if on_done:
                     on_done(results[-1])
-    order = {p: i for i, p in enumerate(policies)}
-    results.sort(key=lambda r: (order[r["policy"]], r["config"]["rate"]))
+    p_order = {p: i for i, p in enumerate(policies)}
+    r_order = {rt: i for i, rt in enumerate(routers)}
+    results.sort(key=lambda r: (r_order.get(r["config"]["router"], 0), p_order[r["policy"]],
+                                r["config"]["rate"]))
     return results
 
 
@@ -93,11 +103,11 @@ def plot(results: Sequence[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    policies = list(dict.fromkeys(r["policy"] for r in results))
-    for p in policies:
-        pts = [r for r in results if r["policy"] == p]
+    series = list(dict.fromkeys(label(r) for r in results))
+    for p in series:
+        pts = [r for r in results if label(r) == p]
         rates = [r["config"]["rate"] for r in pts]
-        style = dict(marker="o", lw=2.2) if p == "slide" else dict(marker=".", lw=1.2)
+        style = dict(marker="o", lw=2.2) if "slide" in p else dict(marker=".", lw=1.2)
         axes[0].plot(rates, [r["tdg_ratio"] for r in pts], label=p, **style)
         axes[1].plot(rates, [r["slo_attainment"] for r in pts], label=p, **style)
     for ax, name in zip(axes, ("TDG ratio", "SLO attainment")):

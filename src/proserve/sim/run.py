@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..cluster.base import make_router, router_spec
 from ..core.classes import parse_classes
 from ..core.metrics import clean_floats, summarize
 from ..engine.base import make_scheduler, policy_spec
@@ -45,6 +46,29 @@ class SimConfig(BaseModel):
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
     tenant_classes: str | None = None
+    # --- cluster tier ---
+    router: str | None = None  # default: "single" for one instance, else "round-robin"
+    router_args: dict[str, Any] = Field(default_factory=dict)
+    view_interval_ms: float = Field(default=0.0, ge=0)  # 0: exact views at every decision
+    mode: str = "colocated"
+    prefill_instances: int | None = Field(default=None, ge=1)
+    decode_instances: int | None = Field(default=None, ge=1)
+    kv_link_gbytes_s: float = Field(default=50.0, gt=0)  # 400 Gb/s RDMA NIC per instance pair
+    kv_link_latency_ms: float = Field(default=0.5, ge=0)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in ("colocated", "disaggregated"):
+            raise ValueError("mode must be 'colocated' or 'disaggregated'")
+        return v
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, v: str | None) -> str | None:
+        if v is not None:
+            router_spec(v)  # raises with the list of known routers
+        return v
 
     @field_validator("arrival")
     @classmethod
@@ -81,6 +105,31 @@ def parse_tenant_classes(spec: str | None) -> str | dict[str, str] | None:
     return out
 
 
+def class_load_shares(reqs, names) -> dict[str, float]:
+    """Each class's share of the workload's tokens (prompt + output): its average load."""
+    tot = {c: 0.0 for c in names}
+    for r in reqs:
+        tot[r.cls] = tot.get(r.cls, 0.0) + r.prompt_len + r.output_len
+    return tot
+
+
+def kv_transfer_fn(model: LatencyModel, cfg: SimConfig):
+    """Seconds to move a request's prompt KV from its prefill to its decode instance."""
+    from ..latency.roofline import ModelConfig
+
+    spec = model.meta.get("model")
+    if not spec:
+        raise ValueError(f"profile {model.name!r} has no model config: cannot size KV transfers")
+    per_token = ModelConfig(**spec).kv_bytes_per_token(1)
+    bw = cfg.kv_link_gbytes_s * 1e9
+    lat = cfg.kv_link_latency_ms / 1000.0
+
+    def seconds(r) -> float:
+        return lat + r.prompt_len * per_token / bw
+
+    return seconds
+
+
 def load_model(cfg: SimConfig) -> LatencyModel:
     model = load_profile(cfg.profile)
     return model.with_kv_blocks(cfg.kv_blocks) if cfg.kv_blocks else model
@@ -100,14 +149,40 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
         max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
     )
-    engines = [make_scheduler(cfg.policy, model, **cfg.policy_args) for _ in range(cfg.instances)]
-    res = simulate(reqs, engines, drain_s=cfg.drain_s, progress=progress)
+    def engines(n: int) -> list:
+        return [make_scheduler(cfg.policy, model, **cfg.policy_args) for _ in range(n)]
+
+    disagg = cfg.mode == "disaggregated"
+    if disagg:
+        if not (cfg.prefill_instances and cfg.decode_instances):
+            raise ValueError("disaggregated mode needs --prefill-instances and --decode-instances")
+        pool, decode_pool = engines(cfg.prefill_instances), engines(cfg.decode_instances)
+    else:
+        pool, decode_pool = engines(cfg.instances), []
+    n_total = len(pool) + len(decode_pool)
+    router_name = cfg.router or ("round-robin" if n_total > 1 else "single")
+    router = None
+    if router_name != "single":
+        rargs = {"seed": cfg.seed, **cfg.router_args}
+        if router_name == "static-partition" and "shares" not in rargs:
+            rargs["shares"] = class_load_shares(reqs, [c.name for c in classes])
+        router = make_router(router_name, **rargs)
+        if hasattr(router, "set_instances"):
+            router.set_instances(len(pool))
+    res = simulate(
+        reqs, pool, router=router, view_interval=cfg.view_interval_ms / 1000.0,
+        decode_engines=decode_pool, kv_transfer_s=kv_transfer_fn(model, cfg) if disagg else None,
+        drain_s=cfg.drain_s, progress=progress,
+    )
     summary = summarize(res.requests, cfg.w_p, cfg.w_d, [c.name for c in classes])
     span = max(res.end_time - (reqs[0].arrival if reqs else 0.0), 1e-12)
+    roles = ["prefill"] * len(pool) + ["decode"] * len(decode_pool) if disagg else (
+        ["colocated"] * len(pool))
     out: dict[str, Any] = {
         "policy": cfg.policy,
-        "router": "round-robin" if cfg.instances > 1 else "single",
-        "instances": cfg.instances,
+        "router": router_name,
+        "instances": n_total,
+        "mode": cfg.mode,
         "profile": model.name,
         "kv_blocks": model.kv_blocks,
         **{k: summary[k] for k in summary if k != "per_class"},
@@ -116,8 +191,8 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "drained": res.drained,
         "sim_end_s": res.end_time,
         "per_instance": [
-            {"instance": k, "utilisation": b / span, "finished": e.num_finished,
-             "preemptions": e.num_preemptions}
+            {"instance": k, "role": roles[k], "utilisation": b / span,
+             "finished": e.num_finished, "preemptions": e.num_preemptions}
             for k, (e, b) in enumerate(zip(res.engines, res.busy_time))
         ],
         "workload": wl_info,

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..cluster.base import BaseRouter
+from ..cluster.view import InstanceView, view_of
 from ..core.request import Request, Status
 from ..engine.base import BaseScheduler, SchedulerOutput
 
@@ -60,11 +62,41 @@ def _round_robin(n: int) -> Router:
     return route
 
 
+class _Views:
+    """Router views of the instances: exact (rebuilt for every decision where the engine changed)
+    or refreshed only every ``interval`` seconds, as a gateway scraping metrics sees them."""
+
+    def __init__(self, engines: Sequence[BaseScheduler], roles: Sequence[str],
+                 interval: float) -> None:
+        self.engines = engines
+        self.roles = roles
+        self.interval = interval
+        self.views: list[InstanceView | None] = [None] * len(engines)
+        self.dirty = [True] * len(engines)
+        self.last = -math.inf
+
+    def touch(self, k: int) -> None:
+        self.dirty[k] = True
+
+    def get(self, now: float) -> list[InstanceView]:
+        if self.interval <= 0 or now - self.last >= self.interval:
+            for k, d in enumerate(self.dirty):
+                if d or self.views[k] is None:
+                    self.views[k] = view_of(self.engines[k], k, now, self.roles[k])
+                    self.dirty[k] = False
+            self.last = now
+        return self.views  # type: ignore[return-value]
+
+
 def simulate(
     requests: Sequence[Request],
     engines: Sequence[BaseScheduler],
     *,
     route: Router | None = None,
+    router: BaseRouter | None = None,
+    view_interval: float = 0.0,
+    decode_engines: Sequence[BaseScheduler] = (),
+    kv_transfer_s: Callable[[Request], float] | None = None,
     drain_s: float = 300.0,
     check_every: int = 1000,
     progress: Callable[[float], None] | None = None,
@@ -73,7 +105,12 @@ def simulate(
     """Run ``requests`` (sorted by arrival) through ``engines``.
 
     Args:
-        route: picks the instance for a request at its arrival; round-robin by default.
+        route: a plain function picking the instance for a request (round-robin by default).
+        router: a :class:`BaseRouter` fed with instance views; takes precedence over ``route``.
+        view_interval: seconds between view refreshes (0: exact views at every decision).
+        decode_engines: if given, disaggregated serving: ``engines`` prefill, these decode; each
+            request's KV moves to its decode instance after ``kv_transfer_s(request)`` seconds, and
+            its first token reaches the user then (the transfer shows in TTFT).
         drain_s: after the last arrival, how long (simulated seconds) to keep serving before the
             rest is reported as UNFINISHED (never silently dropped).
         check_every: full invariant check every this many steps (and at the end); cheap checks run
@@ -82,19 +119,33 @@ def simulate(
     """
     if not engines:
         raise ValueError("need at least one engine instance")
+    disagg = bool(decode_engines)
+    if disagg and router is None:
+        raise ValueError("disaggregated mode needs a router")
     reqs = list(requests)
     for a, b in zip(reqs, reqs[1:]):
         if b.arrival < a.arrival:
             raise ValueError("requests must be sorted by arrival time")
-    n_eng = len(engines)
-    route = route or (_round_robin(n_eng) if n_eng > 1 else (lambda r, t: 0))
+    n_pre = len(engines)
+    all_eng: list[BaseScheduler] = list(engines) + list(decode_engines)
+    n_eng = len(all_eng)
+    roles = (["prefill"] * n_pre + ["decode"] * len(decode_engines)) if disagg else (
+        ["colocated"] * n_pre)
+    views = _Views(all_eng, roles, view_interval) if router is not None else None
+    if router is None:
+        route = route or (_round_robin(n_eng) if n_eng > 1 else (lambda r, t: 0))
     wall0 = time.perf_counter()
     horizon = (reqs[-1].arrival if reqs else 0.0) + drain_s
 
-    heap: list[tuple[float, int, int]] = []  # (step end time, seq, instance)
+    # events: (time, seq, instance, request); instance >= 0: a step ends there; instance == -1:
+    # a KV transfer of ``request`` to its decode instance completes
+    heap: list[tuple[float, int, int, Request | None]] = []
     outs: list[SchedulerOutput | None] = [None] * n_eng
     busy_since = [0.0] * n_eng
     busy_time = [0.0] * n_eng
+    decode_of: dict[int, int] = {}
+    in_transfer: dict[int, Request] = {}
+    handoff_tokens = 0
     seq = 0
     steps = 0
     ended: set[int] = set()
@@ -109,8 +160,10 @@ def simulate(
 
     def start(k: int, t: float) -> None:
         nonlocal seq
-        eng = engines[k]
+        eng = all_eng[k]
         out = eng.schedule(t)
+        if views is not None:
+            views.touch(k)
         if out.empty:
             outs[k] = None
             if eng.has_unfinished():
@@ -127,21 +180,46 @@ def simulate(
         outs[k] = out
         busy_since[k] = t
         seq += 1
-        heapq.heappush(heap, (t + out.duration, seq, k))
+        heapq.heappush(heap, (t + out.duration, seq, k, None))
+
+    def admit(k: int, r: Request, t: float) -> None:
+        eng = all_eng[k]
+        if views is not None:
+            views.touch(k)
+        if not eng.add_request(r, t):
+            end(r)  # rejected: can never fit in this instance's KV cache
+            return
+        if outs[k] is None:
+            start(k, t)
 
     while i < n or heap:
         next_arr = reqs[i].arrival if i < n else math.inf
         if heap and heap[0][0] < next_arr:
-            now, _, k = heapq.heappop(heap)
+            now, _, k, xr = heapq.heappop(heap)
             if now > horizon:
-                heapq.heappush(heap, (now, 0, k))
+                heapq.heappush(heap, (now, 0, k, xr))
                 break
+            if k < 0:  # KV transfer done: first token out, decode instance takes over
+                assert xr is not None
+                del in_transfer[xr.id]
+                xr.emit_token(now)
+                handoff_tokens += 1
+                admit(decode_of.pop(xr.id), xr, now)
+                continue
             out = outs[k]
             assert out is not None
-            eng = engines[k]
+            eng = all_eng[k]
             busy_time[k] += now - busy_since[k]
             for r in eng.update_from_output(out, now):
-                end(r)
+                if r.prefill_only and r.generated == 0 and r.output_len > 1:
+                    r.prefill_only = False
+                    r.status = Status.WAITING
+                    r.finish_time = -1.0
+                    in_transfer[r.id] = r
+                    seq += 1
+                    heapq.heappush(heap, (now + kv_transfer_s(r), seq, -1, r))  # type: ignore[misc]
+                else:
+                    end(r)
             steps += 1
             if check_every and steps % check_every == 0:
                 eng.check()
@@ -152,22 +230,33 @@ def simulate(
             now = next_arr
             r = reqs[i]
             i += 1
-            k = route(r, now)
+            if router is None:
+                k = route(r, now)  # type: ignore[misc]
+            elif disagg:
+                vs = views.get(now)  # type: ignore[union-attr]
+                k, d = router.route_pair(r, vs[:n_pre], vs[n_pre:], now)
+                if not (0 <= k < n_pre and n_pre <= d < n_eng):
+                    raise SimulationError(f"router returned pair ({k}, {d}) outside the pools")
+                decode_of[r.id] = d
+                r.prefill_only = True
+            else:
+                k = router.route(r, views.get(now), now)  # type: ignore[union-attr]
             if not 0 <= k < n_eng:
                 raise SimulationError(f"router returned instance {k} of {n_eng}")
             r.instance = k
-            eng = engines[k]
-            if not eng.add_request(r, now):
-                end(r)  # rejected: can never fit in this instance's KV cache
-                continue
-            if outs[k] is None:
-                start(k, now)
+            admit(k, r, now)
 
     drained = True
-    for k, eng in enumerate(engines):
+    end_at = min(now, horizon)
+    for r in in_transfer.values():  # KV still moving when the drain time ran out
+        r.status = Status.UNFINISHED
+        r.finish_time = end_at
+        end(r)
+        drained = False
+    for k, eng in enumerate(all_eng):
         if outs[k] is not None:  # a step in flight at the horizon: count its busy time so far
             busy_time[k] += max(horizon - busy_since[k], 0.0)
-        left = eng.abort_all(min(now, horizon)) if eng.has_unfinished() else []
+        left = eng.abort_all(end_at) if eng.has_unfinished() else []
         for r in left:
             end(r)
             drained = False
@@ -177,7 +266,7 @@ def simulate(
     if len(ended) != n:
         missing = [r.id for r in reqs if r.id not in ended][:5]
         raise SimulationError(f"{n - len(ended)} requests never ended (e.g. ids {missing})")
-    emitted = sum(e.tokens_emitted for e in engines)
+    emitted = sum(e.tokens_emitted for e in all_eng) + handoff_tokens
     generated = sum(r.generated for r in reqs)
     if emitted != generated:
         raise SimulationError(f"token books unbalanced: emitted {emitted} != held {generated}")
@@ -188,6 +277,6 @@ def simulate(
             raise SimulationError(f"request {r.id} left in state {r.status.name}")
     end_time = max((r.finish_time for r in reqs), default=0.0)
     return SimResult(
-        requests=reqs, engines=list(engines), end_time=end_time, steps=steps,
+        requests=reqs, engines=all_eng, end_time=end_time, steps=steps,
         busy_time=busy_time, wall_s=time.perf_counter() - wall0, drained=drained,
     )

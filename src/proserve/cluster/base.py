@@ -1,0 +1,151 @@
+"""Router protocol, staleness compensation, and the router registry.
+
+A router picks the instance for each request from read-only :class:`InstanceView` s. It holds no
+clock and no I/O (the caller passes ``now``), so the same object routes in the simulator and in
+the gateway. Views may be stale; :class:`BaseRouter` adds to each view the requests the router
+dispatched to that instance which the view does not yet include, so back-to-back decisions between
+two view refreshes do not all pile onto the instance that looked idlest.
+
+Which dispatches a view includes: the view carries ``load.received`` (how many requests the
+instance had been given when the view was taken) where the source knows it (the simulator, our
+emulator); the router compares it with its own per-instance dispatch count. Without it, dispatches
+later than ``taken_at`` count as pending.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..core.request import Request
+from ..engine.base import PrefillItem
+from .view import DEFAULT_PREFILL_SLICE_S, EffectiveLoad, InstanceView
+
+# A dispatch record: (router's ordinal of this dispatch to the instance, time, prefill item,
+# KV blocks the request's prompt needs).
+_Dispatch = tuple[int, float, PrefillItem, int]
+_MAX_PENDING = 4096  # bound on remembered dispatches per instance
+
+
+class NoHealthyInstance(RuntimeError):
+    """No instance can take the request (all are missing or unhealthy)."""
+
+
+class BaseRouter:
+    """Shared mechanics; subclasses implement :meth:`pick` (and may override ``pick_decode``)."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, *, seed: int = 0, slice_s: float = DEFAULT_PREFILL_SLICE_S) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.slice_s = slice_s
+        self._sent: dict[int, int] = {}
+        self._pending: dict[int, deque[_Dispatch]] = {}
+
+    # ------------------------------------------------------------------ policy hooks
+    def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
+        raise NotImplementedError
+
+    def pick_decode(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
+        """Decode instance in disaggregated mode; by default the same rule as :meth:`pick`."""
+        return self.pick(req, loads, now)
+
+    # ------------------------------------------------------------------ public API
+    def route(self, req: Request, views: Sequence[InstanceView], now: float) -> int:
+        """Index of the instance that should serve ``req`` (co-located mode)."""
+        chosen = self.pick(req, self._loads(views), now)
+        self.record(chosen.index, req, chosen.view)
+        return chosen.index
+
+    def route_pair(self, req: Request, prefill_views: Sequence[InstanceView],
+                   decode_views: Sequence[InstanceView], now: float) -> tuple[int, int]:
+        """(prefill instance, decode instance) for disaggregated serving."""
+        p = self.pick(req, self._loads(prefill_views), now)
+        d = self.pick_decode(req, self._loads(decode_views), now)
+        self.record(p.index, req, p.view)
+        self.record(d.index, req, d.view, decode=True)
+        return p.index, d.index
+
+    def record(self, index: int, req: Request, view: InstanceView, decode: bool = False) -> None:
+        n = self._sent.get(index, 0) + 1
+        self._sent[index] = n
+        q = self._pending.setdefault(index, deque(maxlen=_MAX_PENDING))
+        m = view.model
+        if decode:  # arrives as a decode-stage request holding its prompt's KV
+            item = (1, req.prompt_len, req.weight, req.arrival, req.ttft_slo, req.tpot_slo, 1)
+        else:
+            item = (req.prompt_len, 0, req.weight, req.arrival, req.ttft_slo, req.tpot_slo, 0)
+        q.append((n, req.arrival, item, m.blocks_for(req.prompt_len + 1)))
+
+    # ------------------------------------------------------------------ internals
+    def _loads(self, views: Sequence[InstanceView]) -> list[EffectiveLoad]:
+        loads = [self._effective(v) for v in views if v.healthy]
+        if not loads:
+            raise NoHealthyInstance("no healthy instance to route to")
+        return loads
+
+    def _effective(self, view: InstanceView) -> EffectiveLoad:
+        load = view.load
+        q = self._pending.get(view.index)
+        prefill = load.prefill
+        decodes, ctx, free = load.decodes, load.decode_context, load.free_blocks
+        if q:
+            received = load.received
+            while q and (q[0][0] <= received if received >= 0 else q[0][1] <= view.taken_at):
+                q.popleft()  # the view already includes it
+            if q:
+                prefill = list(prefill)
+                for _, _, item, blocks in q:
+                    if item[6] > 0 and item[0] == 1:  # a decode-stage arrival
+                        decodes += 1
+                        ctx += item[1] + 1
+                    else:
+                        prefill.append(item)
+                    free -= blocks
+        return EffectiveLoad(view, prefill, decodes, ctx, free)
+
+
+# ---------------------------------------------------------------------- registry
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    name: str
+    cls: type[BaseRouter]
+    defaults: dict[str, Any]
+    summary: str
+
+
+_ROUTERS: dict[str, RouterSpec] = {}
+
+
+def register_router(name: str, cls: type[BaseRouter], summary: str, **defaults: Any) -> None:
+    if name in _ROUTERS:
+        raise ValueError(f"router {name!r} registered twice")
+    _ROUTERS[name] = RouterSpec(name, cls, dict(defaults), summary)
+
+
+def router_names() -> list[str]:
+    from . import go, routers  # noqa: F401  (registers the built-in routers)
+
+    return list(_ROUTERS)
+
+
+def router_spec(name: str) -> RouterSpec:
+    router_names()
+    try:
+        return _ROUTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown router {name!r}; available: {', '.join(_ROUTERS)}") from None
+
+
+def make_router(name: str, **params: Any) -> BaseRouter:
+    spec = router_spec(name)
+    try:
+        router = spec.cls(**{**spec.defaults, **params})
+    except TypeError as e:
+        raise ValueError(f"bad parameter for router {name!r}: {e}") from None
+    router.name = name  # type: ignore[misc]
+    return router

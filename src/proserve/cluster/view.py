@@ -1,0 +1,86 @@
+"""What a router sees of an instance: a small read-only view, plus the load estimates built on it.
+
+A view is a snapshot of an engine's :class:`EngineLoad` taken at ``taken_at``. In simulation it
+can be exact (a fresh view at every decision) or refreshed every ``view_interval`` (what a gateway
+scraping ``/metrics`` sees); a router compensates for staleness with its own record of what it
+dispatched since the view was taken (:class:`proserve.cluster.base.BaseRouter`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..engine.base import EngineLoad, PrefillItem
+from ..latency.model import LatencyModel
+
+# Router estimates hand prefill work to the engine in slices of this many seconds per iteration,
+# each slice riding with the instance's decode batch; roughly one TPOT-sized iteration. Used only to
+# count iterations (each pays c0 + the decode step) when predicting how long a prefill queue takes.
+DEFAULT_PREFILL_SLICE_S = 0.03
+
+
+@dataclass(slots=True)
+class InstanceView:
+    """Read-only snapshot of one instance, as a router may know it."""
+
+    index: int
+    policy: str
+    model: LatencyModel
+    taken_at: float
+    load: EngineLoad
+    role: str = "colocated"  # or "prefill" / "decode" in disaggregated mode
+    healthy: bool = True
+
+
+@dataclass(slots=True)
+class EffectiveLoad:
+    """A view plus the router's own dispatches since the view: the load a decision uses."""
+
+    view: InstanceView
+    prefill: list[PrefillItem]
+    decodes: int
+    decode_context: int
+    free_blocks: int
+    _drain: float = field(default=-1.0)
+
+    @property
+    def index(self) -> int:
+        return self.view.index
+
+    @property
+    def model(self) -> LatencyModel:
+        return self.view.model
+
+    def decode_step(self, extra: int = 0, extra_ctx: int = 0) -> float:
+        """Predicted decode iteration time (with ``extra`` more sequences), including c0."""
+        m = self.view.model
+        n = self.decodes + extra
+        return m.c0 + n * m.d1 + m.d2 * (self.decode_context + extra_ctx)
+
+    def drain(self, slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
+        """Predicted time to clear the prefill queue while decodes keep running."""
+        if self._drain < 0:
+            self._drain = drain_time(self.prefill, self.view.model, self.decode_step(), slice_s)
+        return self._drain
+
+
+def prefill_work(item: PrefillItem, m: LatencyModel) -> float:
+    pend, computed = item[0], item[1]
+    return m.c1 * pend * pend + (m.c2 + m.c3 * computed) * pend + m.c4 * computed
+
+
+def drain_time(prefill: list[PrefillItem], m: LatencyModel, decode_step: float,
+               slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
+    """Prefill work plus the per-iteration cost (c0 + decodes) of the iterations it needs."""
+    work = sum(prefill_work(it, m) for it in prefill)
+    if work <= 0:
+        return 0.0
+    return work + math.ceil(work / slice_s) * decode_step
+
+
+def view_of(engine, index: int, now: float, role: str = "colocated",
+            healthy: bool = True) -> InstanceView:
+    """Snapshot an engine scheduler (anything with ``load()``, ``name`` and ``model``)."""
+    return InstanceView(index=index, policy=engine.name, model=engine.model, taken_at=now,
+                        load=engine.load(), role=role, healthy=healthy)
