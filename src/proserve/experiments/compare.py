@@ -18,7 +18,8 @@ from ..sim.run import SimConfig, run
 
 CSV_FIELDS = [
     "policy", "router", "instances", "rate", "requests", "finished", "unfinished", "tdg_ratio",
-    "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "preemptions", "sim_wall_s",
+    "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99",
+    "preemptions", "sim_wall_s",
 ]
 
 
