@@ -57,17 +57,21 @@ class BaseRouter:
     # ------------------------------------------------------------------ public API
     def route(self, req: Request, views: Sequence[InstanceView], now: float) -> int:
         """Index of the instance that should serve ``req`` (co-located mode)."""
-        chosen = self.pick(req, self._loads(views), now)
-        self.record(chosen.index, req, chosen.view)
-        return chosen.index
+        view = self.choose(req, views, now)
+        self.record(view.index, req, view)
+        return view.index
+
+    def choose(self, req: Request, views: Sequence[InstanceView], now: float) -> InstanceView:
+        """The view of the chosen instance; routers with a faster path override this."""
+        return self.pick(req, self._loads(views), now).view
 
     def route_pair(self, req: Request, prefill_views: Sequence[InstanceView],
                    decode_views: Sequence[InstanceView], now: float) -> tuple[int, int]:
         """(prefill instance, decode instance) for disaggregated serving."""
-        p = self.pick(req, self._loads(prefill_views), now)
-        d = self.pick_decode(req, self._loads(decode_views), now)
-        self.record(p.index, req, p.view)
-        self.record(d.index, req, d.view, decode=True)
+        p = self.choose(req, prefill_views, now)
+        d = self.pick_decode(req, self._loads(decode_views), now).view
+        self.record(p.index, req, p)
+        self.record(d.index, req, d, decode=True)
         return p.index, d.index
 
     def record(self, index: int, req: Request, view: InstanceView, decode: bool = False) -> None:
@@ -87,6 +91,16 @@ class BaseRouter:
         if not loads:
             raise NoHealthyInstance("no healthy instance to route to")
         return loads
+
+    def pending(self, view: InstanceView) -> list[_Dispatch]:
+        """Dispatches to ``view``'s instance that the view does not include yet."""
+        q = self._pending.get(view.index)
+        if not q:
+            return []
+        received = view.load.received
+        while q and (q[0][0] <= received if received >= 0 else q[0][1] <= view.taken_at):
+            q.popleft()
+        return list(q)
 
     def _effective(self, view: InstanceView) -> EffectiveLoad:
         load = view.load

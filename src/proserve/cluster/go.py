@@ -43,11 +43,56 @@ the TPOT headroom and whose KV holds r, else the least loaded.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ..core.request import Request
-from .base import BaseRouter, register_router
-from .routers import outstanding
-from .view import EffectiveLoad, prefill_work
+from .base import BaseRouter, NoHealthyInstance, register_router
+from .view import EffectiveLoad, InstanceView, prefill_work
+
+Row = tuple[float, float, float]  # (prefill work s, absolute deadline, weight)
+
+
+def queue_gain_delta(rows: list[Row], total: float, r_work: float, r_deadline: float,
+                     r_weight: float, step: float, now: float, slice_s: float) -> float:
+    """Incremental gain of adding a request (work ``r_work``) to a prefill queue ``rows``.
+
+    The queue is ordered as SlideBatching would (URGENT by density, NORMAL by deadline) with the
+    load judgment that includes the new request; each item costs its work plus, per slice of
+    ``slice_s`` seconds, one iteration overhead ``step`` (c0 + the decode batch).
+    """
+    r_cost = r_work + math.ceil(r_work / slice_s) * step if r_work > 0 else 0.0
+    if not rows:
+        return r_weight if now + r_cost < r_deadline else 0.0
+    tot = total + r_work
+    phi = tot + math.ceil(tot / slice_s) * step
+    keyed = []
+    for work, deadline, weight in rows:
+        rem = deadline - now
+        if rem < phi:
+            keyed.append((0, -weight / work if work > 0 else -math.inf, deadline, work, weight,
+                          False))
+        else:
+            keyed.append((1, rem, deadline, work, weight, False))
+    rem = r_deadline - now
+    if rem < phi:
+        keyed.append((0, -r_weight / r_work if r_work > 0 else -math.inf, r_deadline, r_work,
+                       r_weight, True))
+    else:
+        keyed.append((1, rem, r_deadline, r_work, r_weight, True))
+    keyed.sort()
+    t = now
+    delta = 0.0
+    behind = False
+    for _, _, deadline, work, weight, is_r in keyed:
+        if work > 0:
+            t += work + math.ceil(work / slice_s) * step
+        if is_r:
+            behind = True
+            if t < deadline:
+                delta += weight
+        elif behind and t - r_cost < deadline <= t:
+            delta -= weight  # r pushed this one past its deadline
+    return delta
 
 
 class GoRouter(BaseRouter):
@@ -66,85 +111,94 @@ class GoRouter(BaseRouter):
         self.all_light = all_light
         self.last_gains: dict[int, float] = {}  # introspection for tests and debugging
 
-    # ------------------------------------------------------------------ estimates
     def incremental_gain(self, req: Request, load: EffectiveLoad, now: float) -> float:
         """Gain of the instance's prefill queue with ``req`` minus without it."""
         m = load.model
-        step = load.decode_step()
-        slice_s = self.slice_s
+        rows = [(prefill_work(it, m), it[3] + it[4] + it[6] * it[5], it[2]) for it in load.prefill]
         r_work = m.c1 * req.prompt_len ** 2 + m.c2 * req.prompt_len
-        r_deadline = req.arrival + req.ttft_slo
-        if not load.prefill:  # common case: nothing queued
-            t = now + r_work + math.ceil(r_work / slice_s) * step
-            return req.weight if t < r_deadline else 0.0
-        rows: list[tuple[float, float, float, bool]] = []  # (work, deadline, weight, is_r)
-        total = r_work
-        for it in load.prefill:
-            w = prefill_work(it, m)
-            total += w
-            rows.append((w, it[3] + it[4] + it[6] * it[5], it[2], False))
-        phi = total + math.ceil(total / slice_s) * step
-        rows.append((r_work, r_deadline, req.weight, True))
+        return queue_gain_delta(rows, sum(r[0] for r in rows), r_work,
+                                req.arrival + req.ttft_slo, req.weight, load.decode_step(), now,
+                                self.slice_s)
 
-        def key(row: tuple[float, float, float, bool]) -> tuple[int, float, float]:
-            work, deadline, weight, _ = row
-            if deadline - now < phi:  # URGENT: density first
-                return (0, -weight / work if work > 0 else -math.inf, deadline)
-            return (1, deadline - now, deadline)
+    def choose(self, req: Request, views: Sequence[InstanceView], now: float) -> InstanceView:
+        """One pass over the instances (runs for every request; see benchmarks/bench_router.py).
 
-        rows.sort(key=key)
-        r_cost = r_work + math.ceil(r_work / slice_s) * step
-        t = now
-        delta = 0.0
-        behind = False
-        for work, deadline, weight, is_r in rows:
-            if work > 0:
-                t += work + math.ceil(work / slice_s) * step
-            if is_r:
-                behind = True
-                if t < deadline:
-                    delta += weight
-            elif behind and t - r_cost < deadline <= t:
-                delta -= weight  # r pushed this one past its deadline
-        return delta
-
-    def _fits(self, req: Request, load: EffectiveLoad, decode: bool) -> bool:
-        m = load.model
-        if load.free_blocks < m.blocks_for(req.prompt_len + 1):
-            return False
-        if not decode and load.view.role == "prefill":
-            return True
-        tight = min(req.tpot_slo, load.view.load.min_decode_tpot)
-        return load.decode_step(1, req.prompt_len + 1) <= self.tpot_headroom * tight
-
-    # ------------------------------------------------------------------ picking
-    def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
+        Per instance: its queue rows come from the view's memo (computed once per view), plus the
+        router's pending dispatches; then the filter, the incremental gain and the load.
+        """
         s = self.slice_s
-        cands = [x for x in loads if self._fits(req, x, decode=False)] or loads
-        gains = [(self.incremental_gain(req, x, now), x) for x in cands]
-        self.last_gains = {x.index: g for g, x in gains}
-        best = max(g for g, _ in gains)
-        if best <= 0:
-            return min(cands, key=lambda x: (outstanding(x, s), x.index))
-        chosen = [x for g, x in gains if g >= self.alpha * best]
-        light = []
-        for x in chosen:
-            mm = x.model
-            r_work = mm.c1 * req.prompt_len ** 2 + mm.c2 * req.prompt_len
-            ttft = x.drain(s) + r_work + math.ceil(r_work / s) * x.decode_step()
-            if ttft <= self.light_frac * req.ttft_slo:
-                light.append(x)
+        r_deadline = req.arrival + req.ttft_slo
+        p_len = req.prompt_len
+        entries = []  # (fits, gain, drain, decode step or 0, decodes, index, view, r_cost)
+        for v in views:
+            if not v.healthy:
+                continue
+            m = v.model
+            memo = v.memo
+            if memo is None or memo[0] is not m:
+                rows0 = [(prefill_work(it, m), it[3] + it[4] + it[6] * it[5], it[2])
+                         for it in v.load.prefill]
+                memo = v.memo = (m, rows0, sum(r[0] for r in rows0))
+            rows, total = memo[1], memo[2]
+            ld = v.load
+            decodes, ctx, free = ld.decodes, ld.decode_context, ld.free_blocks
+            if self._pending.get(v.index):
+                pend = self.pending(v)
+                if pend:
+                    rows = list(rows)
+                    for _, _, item, blocks in pend:
+                        if item[6] > 0 and item[0] == 1:
+                            decodes += 1
+                            ctx += item[1] + 1
+                        else:
+                            w = prefill_work(item, m)
+                            rows.append((w, item[3] + item[4] + item[6] * item[5], item[2]))
+                            total += w
+                        free -= blocks
+            step = m.c0 + decodes * m.d1 + m.d2 * ctx
+            drain = total + math.ceil(total / s) * step if total > 0 else 0.0
+            r_work = m.c1 * p_len * p_len + m.c2 * p_len
+            r_cost = r_work + math.ceil(r_work / s) * step
+            fits = free >= m.blocks_for(p_len + 1) and (
+                v.role == "prefill"
+                or m.c0 + (decodes + 1) * m.d1 + m.d2 * (ctx + p_len + 1)
+                <= self.tpot_headroom * min(req.tpot_slo, ld.min_decode_tpot))
+            gain = queue_gain_delta(rows, total, r_work, r_deadline, req.weight, step, now, s)
+            entries.append((fits, gain, drain, step if decodes else 0.0, decodes, v.index, v,
+                            r_cost))
+        if not entries:
+            raise NoHealthyInstance("no healthy instance to route to")
+        self.last_gains = {e[5]: e[1] for e in entries}
+        cands = [e for e in entries if e[0]] or entries
+        best = max(e[1] for e in cands)
+        if best <= 0:  # r earns nothing anywhere: least loaded
+            return min(cands, key=lambda e: (e[2] + e[3], e[5]))[6]
+        chosen = [e for e in cands if e[1] >= self.alpha * best]
+        limit = self.light_frac * req.ttft_slo
+        light = [e for e in chosen if e[2] + e[7] <= limit]
         if light:
             if self.all_light == "idle" and len(light) == len(chosen):
-                return min(light, key=lambda x: (outstanding(x, s), x.index))
+                return min(light, key=lambda e: (e[2] + e[3], e[5]))[6]
             # pack by prefill-queue load (what GoRouting reserves against); among equally queued
-            # instances take the one with the smaller decode batch, so packing never
-            # concentrates decodes (that only costs TPOT, it reserves nothing)
-            return max(light, key=lambda x: (x.drain(s), -x.decodes, -x.index))
-        return min(chosen, key=lambda x: (outstanding(x, s), x.index))
+            # instances take the smaller decode batch: concentrating decodes reserves nothing
+            return max(light, key=lambda e: (e[2], -e[4], -e[5]))[6]
+        return min(chosen, key=lambda e: (e[2] + e[3], e[5]))[6]
+
+    def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
+        view = self.choose(req, [x.view for x in loads], now)
+        return next(x for x in loads if x.view is view)
 
     def pick_decode(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
-        fit = [x for x in loads if self._fits(req, x, decode=True)]
+        """Pack decodes: the most loaded decode instance that holds r within TPOT headroom."""
+        p_len = req.prompt_len
+        fit = []
+        for x in loads:
+            m = x.model
+            if x.free_blocks < m.blocks_for(p_len + 1):
+                continue
+            tight = min(req.tpot_slo, x.view.load.min_decode_tpot)
+            if x.decode_step(1, p_len + 1) <= self.tpot_headroom * tight:
+                fit.append(x)
         if fit:
             return max(fit, key=lambda x: (x.decode_step(), -x.index))
         return min(loads, key=lambda x: (x.decode_step(), x.index))

@@ -8,9 +8,11 @@ instance with no queued prefill but a large decode batch is not mistaken for idl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..core.request import Request
-from .base import BaseRouter, register_router
-from .view import EffectiveLoad
+from .base import BaseRouter, NoHealthyInstance, register_router
+from .view import EffectiveLoad, InstanceView
 
 
 def outstanding(load: EffectiveLoad, slice_s: float) -> float:
@@ -18,11 +20,24 @@ def outstanding(load: EffectiveLoad, slice_s: float) -> float:
     return load.drain(slice_s) + (load.decode_step() if load.decodes else 0.0)
 
 
+def _healthy(views: Sequence[InstanceView]) -> list[InstanceView]:
+    up = [v for v in views if v.healthy]
+    if not up:
+        raise NoHealthyInstance("no healthy instance to route to")
+    return up
+
+
 class RoundRobin(BaseRouter):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self._next = 0
         self._next_decode = 0
+
+    def choose(self, req: Request, views: Sequence[InstanceView], now: float) -> InstanceView:
+        up = _healthy(views)  # load-blind: no need to build loads
+        v = up[self._next % len(up)]
+        self._next += 1
+        return v
 
     def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
         load = loads[self._next % len(loads)]
@@ -36,6 +51,10 @@ class RoundRobin(BaseRouter):
 
 
 class RandomRouter(BaseRouter):
+    def choose(self, req: Request, views: Sequence[InstanceView], now: float) -> InstanceView:
+        up = _healthy(views)
+        return up[int(self.rng.integers(len(up)))]
+
     def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
         return loads[int(self.rng.integers(len(loads)))]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engine.base import EngineLoad, PrefillItem
 from ..latency.model import LatencyModel
@@ -31,6 +32,9 @@ class InstanceView:
     load: EngineLoad
     role: str = "colocated"  # or "prefill" / "decode" in disaggregated mode
     healthy: bool = True
+    # Per-view memo for routers (a view is an immutable snapshot, reused across the decisions
+    # made before the next refresh): e.g. GoRouting's (work, deadline, weight) rows of the queue.
+    memo: Any = None
 
 
 @dataclass(slots=True)
