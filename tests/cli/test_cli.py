@@ -67,7 +67,7 @@ def test_compare_writes_csv_plot_json(tmp_path: Path) -> None:
 
 def test_listing_commands() -> None:
     for cmd, word in (("policies", "slide"), ("profiles", "llama3.1-8b@h100"),
-                      ("traces", "azure-conv")):
+                      ("traces", "azure-conv"), ("routers", "go")):
         res = invoke(cmd)
         assert res.exit_code == 0 and word in res.output
 
@@ -96,6 +96,32 @@ def test_bad_inputs_fail_clearly(tmp_path: Path) -> None:
         assert not out.exists()
     res = invoke("compare", "--rates", "1,x", "--out", str(tmp_path / "c"))
     assert res.exit_code == 2 and "--rates" in res.output
+    for extra, word in [(["--router", "nope"], "unknown router"),
+                        (["--mode", "disaggregated"], "prefill-instances"),
+                        (["--mode", "sideways"], "mode"),
+                        (["--router-arg", "alpha"], "key=value"),
+                        (["--router", "go", "--instances", "2", "--router-arg", "alpha=7"],
+                         "alpha")]:
+        res = invoke("simulate", "--count", "20", "--quiet", "--out", str(out), *extra)
+        assert res.exit_code == 2, (extra, res.output)
+        assert word in res.output, (extra, res.output)
+        assert not out.exists()
+
+
+def test_compare_with_router_grid_and_disaggregated(tmp_path: Path) -> None:
+    res = invoke("compare", "--policies", "slide", "--routers", "min-load,go", "--rates", "20",
+                 "--instances", "2", "--count", "150", "--workers", "1", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["router"], r["instances"]) for r in rows] == [("min-load", "2"), ("go", "2")]
+    assert "go+slide" in res.output
+    out = tmp_path / "pd.json"
+    res = invoke("simulate", "--mode", "disaggregated", "--prefill-instances", "1",
+                 "--decode-instances", "2", "--router", "go", "--count", "100", "--rate", "10",
+                 "--quiet", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert d["mode"] == "disaggregated" and d["instances"] == 3 and d["finished"] == 100
 
 
 def test_fit_writes_profile_usable_by_simulate(tmp_path: Path) -> None:
