@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import random_requests, toy_model
 
 from proserve.cluster.base import NoHealthyInstance, make_router, router_names
 from proserve.cluster.view import InstanceView, view_of
@@ -14,7 +15,6 @@ from proserve.engine.base import EngineLoad
 from proserve.latency.model import LatencyModel
 from proserve.sim.run import SimConfig, run
 from proserve.sim.simulator import simulate
-from tests.conftest import random_requests, toy_model
 
 ROUTERS = [r for r in router_names() if r != "static-partition"]
 
