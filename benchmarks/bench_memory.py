@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import table  # benchmarks/_common.py
+
 TRACE = "azure-conv"
 PROFILE = "llama3.1-8b@h100"
 TARGET_MB = 500.0
@@ -88,17 +90,6 @@ def spawn(kind: str, policy: str, seed: int, count: int | None) -> dict[str, Any
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))
-
-    print(line(cells[0]))
-    print("  ".join("-" * x for x in w))
-    for r in cells[1:]:
-        print(line(r))
 
 
 def main(argv: list[str] | None = None) -> int:

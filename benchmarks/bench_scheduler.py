@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import loadavg, table  # benchmarks/_common.py
 from proserve.core.request import Request
 from proserve.engine.base import BaseScheduler, make_scheduler, policy_names
 from proserve.engine.deadline import UnifiedQueueScheduler
@@ -65,12 +66,6 @@ TARGETS_US = {256: 200.0, 1024: 1000.0}
 
 
 # ---------------------------------------------------------------------- small helpers
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
 
 def pct(xs: list[float], q: float) -> float:
     """Linear-interpolated percentile, q in [0, 100]."""
@@ -81,17 +76,6 @@ def pct(xs: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))
-
-    print(line(cells[0]))
-    print("  ".join("-" * x for x in w))
-    for r in cells[1:]:
-        print(line(r))
 
 
 # ---------------------------------------------------------------------- state

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import loadavg, table  # benchmarks/_common.py
 from proserve.engine.base import policy_names
 from proserve.sim.run import SimConfig, load_model, run
 from proserve.workload import make_workload
@@ -49,24 +50,7 @@ DEFAULT_POLICIES = ["slide", "vllm-fcfs"]
 VIDUR_MS_PER_REPLICA_S = 16.0
 
 
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
-
-def table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))
-
-    print(line(cells[0]))
-    print("  ".join("-" * x for x in w))
-    for r in cells[1:]:
-        print(line(r))
 
 
 def one_run(cfg: SimConfig) -> dict[str, Any]:

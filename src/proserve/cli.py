@@ -257,17 +257,21 @@ def compare(
     err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
 
 
+def _registry_table(title: str, rows: list[tuple[str, str]]) -> None:
+    t = Table(title=title)
+    t.add_column("name")
+    t.add_column("what it does")
+    for name, summary in rows:
+        t.add_row(name, summary)
+    out_console.print(t)
+
+
 @app.command()
 def policies() -> None:
     """List the engine schedulers."""
     from .engine.base import policy_names, policy_spec
 
-    t = Table(title="engine schedulers")
-    t.add_column("name")
-    t.add_column("semantics")
-    for n in policy_names():
-        t.add_row(n, policy_spec(n).summary)
-    out_console.print(t)
+    _registry_table("engine schedulers", [(n, policy_spec(n).summary) for n in policy_names()])
 
 
 @app.command()
@@ -275,12 +279,7 @@ def routers() -> None:
     """List the routers."""
     from .cluster.base import router_names, router_spec
 
-    t = Table(title="routers")
-    t.add_column("name")
-    t.add_column("what it does")
-    for n in router_names():
-        t.add_row(n, router_spec(n).summary)
-    out_console.print(t)
+    _registry_table("routers", [(n, router_spec(n).summary) for n in router_names()])
 
 
 @app.command()

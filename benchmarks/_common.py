@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts (plain-text tables, host load)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def loadavg() -> list[float] | None:
+    """The host's 1/5/15-minute load average: printed so noisy runs can be recognised."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> None:
+    """Print an aligned plain-text table (first column left, the rest right-aligned)."""
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))
+
+    print(line(cells[0]))
+    print("  ".join("-" * x for x in w))
+    for r in cells[1:]:
+        print(line(r))
