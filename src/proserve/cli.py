@@ -297,6 +297,49 @@ def profiles() -> None:
     out_console.print(t)
 
 
+@app.command()
+def emulate(
+    instances: int = typer.Option(1, "--instances", help="Emulated engines, on ports P .. P+N-1."),
+    port: int = typer.Option(18101, "--port", help="Port of the first instance."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    policy: str = typer.Option("slide", "--policy", help="Engine scheduler inside each instance."),
+    policy_arg: list[str] | None = PArgOpt,
+    profile: str = ProfileOpt,
+    kv_blocks: int | None = KvOpt,
+    classes: str | None = typer.Option(None, "--classes", help="Classes by rank: request `priority` p selects class p (lower = more urgent)."),
+    model_name: str = typer.Option("proserve-emulated", "--model-name", help="Model id served."),
+    max_model_len: int = typer.Option(8192, "--max-model-len", help="Prompt + output token limit."),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="Wall seconds per engine second (0.1 = 10x faster)."),
+) -> None:
+    """Serve OpenAI-compatible emulated engines that batch, prioritise and preempt for real."""
+    import asyncio
+
+    from .core.classes import SpecError, parse_classes
+    from .engine.base import policy_spec
+    from .latency.profiles import load_profile
+    from .serve.emulator import EmulatorConfig, serve
+
+    if instances < 1 or not 0 < port < 65536 or port + instances - 1 > 65535:
+        _fail("--instances must be >= 1 and the ports P .. P+N-1 valid")
+    if time_scale <= 0 or max_model_len < 2:
+        _fail("--time-scale must be positive and --max-model-len >= 2")
+    try:
+        policy_spec(policy)
+        parse_classes(classes)
+        load_profile(profile)
+    except (ValueError, SpecError) as e:
+        _fail(str(e))
+    cfg = EmulatorConfig(model_name=model_name, policy=policy, policy_args=_policy_args(policy_arg),
+                         profile=profile, kv_blocks=kv_blocks, classes=classes,
+                         max_model_len=max_model_len, time_scale=time_scale)
+    err.print(f"emulating {instances} x {policy} on {profile} at http://{host}:{port}"
+              + (f"..{port + instances - 1}" if instances > 1 else "") + " (Ctrl-C to stop)")
+    try:
+        asyncio.run(serve(cfg, instances, host, port))
+    except OSError as e:
+        _fail(f"cannot listen: {e}")
+
+
 @app.command("fit")
 def fit_cmd(
     points: Path = typer.Argument(..., help="CSV of profiled points: kind,q,p,batch,seconds."),

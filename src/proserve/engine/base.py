@@ -166,6 +166,16 @@ class BaseScheduler:
             self.check()
         return finished
 
+    def abort_request(self, r: Request, now: float) -> bool:
+        """Drop one unfinished request (e.g. its client went away); False if it is not held."""
+        if r.status >= Status.FINISHED:
+            return False
+        self.kv.release(r)
+        r.status = Status.UNFINISHED
+        r.finish_time = now
+        self._on_finished(r)
+        return True
+
     def abort_all(self, now: float, status: Status = Status.UNFINISHED) -> list[Request]:
         """End every request still held (e.g. the simulation's drain time ran out)."""
         left = list(self.requests())

@@ -1,0 +1,314 @@
+"""``proserve emulate``: OpenAI-compatible engine servers without a GPU.
+
+Each emulated instance runs one of our engine schedulers in real time (:class:`EngineLoop`):
+requests are batched, prioritised, chunk-prefilled and preempted exactly as in the simulator, and
+each iteration takes the latency model's predicted time. It speaks the subset of vLLM's API that
+gateways and load generators use: ``/v1/completions`` and ``/v1/chat/completions`` (streaming SSE
+and not, ``max_tokens``, ``priority``, ``stream_options.include_usage``, ``vllm_xargs``),
+``/v1/models``, ``/health`` and ``/metrics`` with vLLM's metric names. Unlike
+llm-d-inference-sim it batches, prioritises and preempts, so fleet tests see real contention.
+
+Per-request class, weight and SLOs: ``priority`` (lower = more urgent, as in vLLM) selects the
+class of the same rank from ``--classes`` (clamped to the last class); ``vllm_xargs`` may override
+``weight``, ``ttft_slo_ms``, ``tpot_slo_ms`` and ``class``.
+
+No tokenizer: token-id prompts are counted exactly, text at ~4 characters per token. Output is
+``max_tokens`` tokens of placeholder text (the emulator never stops early).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from ..core.classes import PriorityClass, parse_classes
+from ..core.request import Request, Status
+from ..engine.base import make_scheduler
+from ..latency.profiles import load_profile
+from .engine_loop import EngineFull, EngineLoop, TokenEvent
+from .openai import ChatRequest, CompletionRequest, error, parse_body, prompt_tokens
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+               120.0, 240.0)
+
+
+@dataclass
+class EmulatorConfig:
+    model_name: str = "proserve-emulated"
+    policy: str = "slide"
+    policy_args: dict[str, Any] = field(default_factory=dict)
+    profile: str = "llama3.1-8b@h100"
+    kv_blocks: int | None = None
+    classes: str | None = None
+    max_model_len: int = 8192
+    default_max_tokens: int = 16
+    time_scale: float = 1.0
+
+
+class EmulatedEngine:
+    """One emulated vLLM-like instance: an engine loop, its metrics and its HTTP app."""
+
+    def __init__(self, cfg: EmulatorConfig, index: int = 0) -> None:
+        self.cfg = cfg
+        self.index = index
+        model = load_profile(cfg.profile)
+        if cfg.kv_blocks:
+            model = model.with_kv_blocks(cfg.kv_blocks)
+        self.model = model
+        self.classes: list[PriorityClass] = parse_classes(cfg.classes)
+        self.scheduler = make_scheduler(cfg.policy, model, **cfg.policy_args)
+        self.loop = EngineLoop(self.scheduler, time_scale=cfg.time_scale, on_step=self._on_step)
+        self.registry = CollectorRegistry()
+        lab = ["model_name"]
+        name = cfg.model_name
+        reg = self.registry
+        Gauge("vllm:num_requests_running", "Requests holding KV / in the batch", lab,
+              registry=reg).labels(name).set_function(lambda: self._count(Status.RUNNING))
+        Gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled", lab,
+              registry=reg).labels(name).set_function(lambda: self._count(Status.WAITING))
+        Gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = full", lab,
+              registry=reg).labels(name).set_function(lambda: self.scheduler.kv.usage)
+        self.m_ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", lab,
+                                buckets=TTFT_BUCKETS, registry=reg).labels(name)
+        self.m_itl = Histogram("vllm:inter_token_latency_seconds", "Inter-token latency", lab,
+                               buckets=ITL_BUCKETS, registry=reg).labels(name)
+        self.m_e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end latency", lab,
+                               buckets=E2E_BUCKETS, registry=reg).labels(name)
+        self.m_preempt = Counter("vllm:num_preemptions", "Preemptions", lab,
+                                 registry=reg).labels(name)
+        self.m_success = Counter("vllm:request_success", "Finished requests", lab,
+                                 registry=reg).labels(name)
+        self.m_prompt = Counter("vllm:prompt_tokens", "Prefill tokens", lab,
+                                registry=reg).labels(name)
+        self.m_gen = Counter("vllm:generation_tokens", "Generated tokens", lab,
+                             registry=reg).labels(name)
+
+    # ------------------------------------------------------------------ helpers
+    def _count(self, status: Status) -> int:
+        return sum(1 for r in self.scheduler.requests() if r.status == status)
+
+    def _on_step(self, duration: float, batch: int, preempted: int) -> None:
+        if preempted:
+            self.m_preempt.inc(preempted)
+
+    def _make_request(self, body: CompletionRequest | ChatRequest, p: int, n_out: int
+                      ) -> Request | web.Response:
+        rank = min(max(body.priority, 0), len(self.classes) - 1)
+        cls = self.classes[rank]
+        x = body.vllm_xargs or {}
+        if "class" in x:
+            match = [c for c in self.classes if c.name == x["class"]]
+            if not match:
+                return error(400, f"vllm_xargs.class: unknown class {x['class']!r}; known: "
+                                  f"{[c.name for c in self.classes]}", param="vllm_xargs.class")
+            cls = match[0]
+        m = self.model
+        ttft = cls.ttft.resolve(m.unloaded_ttft(p))
+        tpot = cls.tpot.resolve(m.unloaded_tpot(p + n_out // 2))
+        weight = cls.weight
+        for key in ("weight", "ttft_slo_ms", "tpot_slo_ms"):
+            if key in x:
+                v = x[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                    return error(400, f"vllm_xargs.{key} must be a positive number",
+                                 param=f"vllm_xargs.{key}")
+                if key == "weight":
+                    weight = float(v)
+                elif key == "ttft_slo_ms":
+                    ttft = float(v) / 1000.0
+                else:
+                    tpot = float(v) / 1000.0
+        return Request(id=self.loop.next_id(), arrival=0.0, prompt_len=p, output_len=n_out,
+                       ttft_slo=ttft, tpot_slo=tpot, weight=weight, priority=cls.rank,
+                       cls=cls.name)
+
+    # ------------------------------------------------------------------ handlers
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, CompletionRequest)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, ChatRequest)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "proserve",
+            "max_model_len": self.cfg.max_model_len}]})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve(self, request: web.Request, schema) -> web.StreamResponse:
+        body = await parse_body(request, schema)
+        if isinstance(body, web.Response):
+            return body
+        if body.model != self.cfg.model_name:
+            return error(404, f"The model `{body.model}` does not exist; this server serves "
+                              f"`{self.cfg.model_name}`", param="model", code="model_not_found")
+        p = prompt_tokens(body)
+        n_out = body.output_tokens or self.cfg.default_max_tokens
+        limit = self.cfg.max_model_len
+        if p + n_out > limit:
+            return error(400, f"This model's maximum context length is {limit} tokens. However, "
+                              f"you requested {p + n_out} tokens ({p} in the prompt, {n_out} in "
+                              f"the completion).", param="max_tokens")
+        req = self._make_request(body, p, n_out)
+        if isinstance(req, web.Response):
+            return req
+        try:
+            q = self.loop.submit(req)
+        except EngineFull as e:
+            return error(400, str(e))
+        self.m_prompt.inc(p)
+        chat = isinstance(body, ChatRequest)
+        try:
+            if body.stream:
+                usage = bool(body.stream_options and body.stream_options.include_usage)
+                return await self._stream(request, req, q, chat, usage)
+            return await self._collect(req, q, chat)
+        finally:
+            if req.status < Status.FINISHED:  # client went away or the server is stopping
+                self.loop.abort(req)
+
+    def _observe(self, req: Request, ev: TokenEvent, prev: float) -> float:
+        if ev.index == 1:
+            self.m_ttft.observe(ev.t - req.arrival)
+        else:
+            self.m_itl.observe(ev.t - prev)
+        self.m_gen.inc()
+        if ev.done:
+            self.m_e2e.observe(ev.t - req.arrival)
+            self.m_success.inc()
+        return ev.t
+
+    def _envelope(self, req: Request, chat: bool, created: int) -> dict[str, Any]:
+        return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{self.index}-{req.id}",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created, "model": self.cfg.model_name}
+
+    def _usage(self, req: Request) -> dict[str, int]:
+        return {"prompt_tokens": req.prompt_len, "completion_tokens": req.generated,
+                "total_tokens": req.prompt_len + req.generated}
+
+    async def _collect(self, req: Request, q: asyncio.Queue[TokenEvent],
+                       chat: bool) -> web.Response:
+        prev = 0.0
+        while True:
+            ev = await q.get()
+            prev = self._observe(req, ev, prev)
+            if ev.done:
+                break
+        text = " token" * req.generated
+        env = self._envelope(req, chat, int(time.time()))
+        if chat:
+            env["object"] = "chat.completion"
+            env["choices"] = [{"index": 0, "finish_reason": "length",
+                               "message": {"role": "assistant", "content": text}}]
+        else:
+            env["choices"] = [{"index": 0, "text": text, "finish_reason": "length",
+                               "logprobs": None}]
+        env["usage"] = self._usage(req)
+        return web.json_response(env)
+
+    async def _stream(self, request: web.Request, req: Request, q: asyncio.Queue[TokenEvent],
+                      chat: bool, usage: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        env = self._envelope(req, chat, int(time.time()))
+
+        async def send(obj: Any) -> None:
+            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        if chat:
+            await send({**env, "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                            "finish_reason": None}]})
+        prev = 0.0
+        while True:
+            ev = await q.get()
+            prev = self._observe(req, ev, prev)
+            reason = "length" if ev.done else None
+            choice = ({"index": 0, "delta": {"content": " token"}, "finish_reason": reason}
+                      if chat else {"index": 0, "text": " token", "finish_reason": reason,
+                                    "logprobs": None})
+            await send({**env, "choices": [choice]})
+            if ev.done:
+                break
+        if usage:
+            await send({**env, "choices": [], "usage": self._usage(req)})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+
+        async def on_startup(_: web.Application) -> None:
+            self.loop.start()
+
+        async def on_cleanup(_: web.Application) -> None:
+            await self.loop.stop()
+
+        app.on_startup.append(on_startup)
+        app.on_cleanup.append(on_cleanup)
+        return app
+
+
+async def serve(cfg: EmulatorConfig, instances: int, host: str, port: int,
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                engines: list[EmulatedEngine] | None = None) -> None:
+    """Run ``instances`` emulated engines on ports ``port .. port + instances - 1`` until
+    ``stop`` is set (or SIGINT/SIGTERM), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # not available off the main thread or on some platforms: then Ctrl-C ends asyncio.run
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    built = [EmulatedEngine(cfg, i) for i in range(instances)]
+    if engines is not None:
+        engines.extend(built)
+    try:
+        for i, eng in enumerate(built):
+            runner = web.AppRunner(eng.app(), handler_cancellation=True, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, port + i).start()
+            runners.append(runner)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def ports(port: int, instances: int) -> Sequence[int]:
+    return range(port, port + instances)

@@ -1,0 +1,113 @@
+"""OpenAI-compatible request schemas and error responses, shared by the emulator and the gateway.
+
+Validation is pydantic's, so every malformed field gets a message naming it; errors use OpenAI's
+JSON shape ``{"error": {"message", "type", "param", "code"}}`` with the right HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies get 413 before any parsing
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    # Unknown fields are accepted and ignored, as vLLM and OpenAI do (clients send many).
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    priority: int = 0  # vLLM convention: lower = more urgent
+    # vLLM's per-request extra arguments (SamplingParams.extra_args); we read SLO fields here
+    vllm_xargs: dict[str, str | int | float | list[Any]] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+
+    @property
+    def output_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[int] | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("prompt must not be empty")
+            if len(v) > 1 and all(isinstance(x, str) for x in v):
+                raise ValueError("batched string prompts are not supported; send one prompt")
+        elif not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+def prompt_tokens(req: CompletionRequest | ChatRequest) -> int:
+    """Token count of the prompt. Token-id prompts are exact; text is estimated at 4 characters
+    per token (the emulator and gateway have no tokenizer; documented in docs/ARCHITECTURE.md)."""
+    if isinstance(req, CompletionRequest):
+        p = req.prompt
+        if isinstance(p, list):
+            return len(p) if isinstance(p[0], int) else max(1, len(p[0]) // 4)
+        return max(1, len(p) // 4)
+    total = 0
+    for m in req.messages:
+        c = m.content
+        text = c if isinstance(c, str) else "".join(
+            str(part.get("text", "")) for part in (c or []) if isinstance(part, dict))
+        total += 4 + len(text) // 4  # per-message template overhead, as chat templates add
+    return max(1, total)
+
+
+def error(status: int, message: str, *, type_: str | None = None, param: str | None = None,
+          code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    """An OpenAI-style JSON error response."""
+    kind = type_ or {400: "invalid_request_error", 401: "authentication_error",
+                     403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
+                     429: "rate_limit_error"}.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def parse_body(request: web.Request, schema: type[BaseModel]) -> BaseModel | web.Response:
+    """Read and validate a JSON body; on failure the OpenAI-style error response to return."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return error(413, f"request body of {request.content_length} bytes exceeds the "
+                          f"{MAX_BODY_BYTES}-byte limit")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body exceeds the {MAX_BODY_BYTES}-byte limit")
+    if len(raw) > MAX_BODY_BYTES:
+        return error(413, f"request body exceeds the {MAX_BODY_BYTES}-byte limit")
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        if first["type"] == "json_invalid":
+            return error(400, f"malformed JSON body: {first['msg']}")
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        return error(400, f"{loc or 'body'}: {first['msg']}{more}", param=loc or None)
