@@ -340,6 +340,35 @@ def emulate(
         _fail(f"cannot listen: {e}")
 
 
+@app.command()
+def gateway(
+    config: Path = typer.Option(..., "--config", help="Gateway YAML (see examples/gateway.yaml)."),
+    port: int | None = typer.Option(None, "--port", help="Override the config's port."),
+) -> None:
+    """Serve an OpenAI-compatible gateway with tenants, priorities and GoRouting."""
+    import asyncio
+
+    from .serve.gateway import serve_gateway
+    from .serve.gateway_config import load_gateway_config
+
+    try:
+        cfg = load_gateway_config(config)
+        if port is not None:
+            cfg = cfg.model_copy(update={"port": port})
+        from .latency.profiles import load_profile
+
+        for b in cfg.backends:
+            load_profile(b.profile)
+    except ValueError as e:
+        _fail(str(e))
+    err.print(f"gateway on http://{cfg.host}:{cfg.port} -> {len(cfg.backends)} backend(s), "
+              f"router {cfg.router} (Ctrl-C to stop)")
+    try:
+        asyncio.run(serve_gateway(cfg))
+    except OSError as e:
+        _fail(f"cannot listen: {e}")
+
+
 @app.command("fit")
 def fit_cmd(
     points: Path = typer.Argument(..., help="CSV of profiled points: kind,q,p,batch,seconds."),

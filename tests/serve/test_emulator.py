@@ -123,7 +123,7 @@ def test_bad_requests_get_openai_errors() -> None:
                  "maximum context length is 1000"),
                 ({"model": MODEL, "prompt": "x", "vllm_xargs": {"weight": -1}}, 400,
                  "vllm_xargs.weight"),
-                ({"model": MODEL, "prompt": "x", "vllm_xargs": {"class": "vip"}}, 400, "vip"),
+                ({"model": MODEL, "prompt": "x", "vllm_xargs": {"class": 7}}, 400, "class"),
                 ({"model": MODEL, "prompt": "x", "n": 3}, 400, "n"),
             ]
             for body, status, word in cases:
@@ -207,6 +207,10 @@ def test_slo_fields_from_vllm_xargs() -> None:
             a, b = seen
             assert (a.cls, a.weight) == ("std", 1.0)  # priority 5 clamps to the last class
             assert (b.cls, b.weight, b.ttft_slo, b.tpot_slo) == ("gold", 3.0, 0.3, 0.04)
+            await c.post("/v1/completions", json={
+                "model": MODEL, "prompt": "x", "max_tokens": 2, "priority": 0,
+                "vllm_xargs": {"class": "gateway-vip", "weight": 8}})
+            assert (seen[2].cls, seen[2].weight, seen[2].priority) == ("gateway-vip", 8.0, 0)
         finally:
             await c.close()
     run(go())

@@ -10,7 +10,8 @@ llm-d-inference-sim it batches, prioritises and preempts, so fleet tests see rea
 
 Per-request class, weight and SLOs: ``priority`` (lower = more urgent, as in vLLM) selects the
 class of the same rank from ``--classes`` (clamped to the last class); ``vllm_xargs`` may override
-``weight``, ``ttft_slo_ms``, ``tpot_slo_ms`` and ``class``.
+``weight``, ``ttft_slo_ms``, ``tpot_slo_ms`` and ``class`` (a class this server defines brings its
+rules; another name, e.g. a gateway's class, is kept as a label).
 
 No tokenizer: token-id prompts are counted exactly, text at ~4 characters per token. Output is
 ``max_tokens`` tokens of placeholder text (the emulator never stops early).
@@ -115,12 +116,17 @@ class EmulatedEngine:
         rank = min(max(body.priority, 0), len(self.classes) - 1)
         cls = self.classes[rank]
         x = body.vllm_xargs or {}
+        label = cls.name
         if "class" in x:
+            # A class this server defines brings its weight and SLO rules; any other name (a
+            # gateway's own class) is kept as a label, with weight/SLOs from the other fields.
+            if not isinstance(x["class"], str) or not x["class"]:
+                return error(400, "vllm_xargs.class must be a non-empty string",
+                             param="vllm_xargs.class")
             match = [c for c in self.classes if c.name == x["class"]]
-            if not match:
-                return error(400, f"vllm_xargs.class: unknown class {x['class']!r}; known: "
-                                  f"{[c.name for c in self.classes]}", param="vllm_xargs.class")
-            cls = match[0]
+            if match:
+                cls = match[0]
+            label = x["class"]
         m = self.model
         ttft = cls.ttft.resolve(m.unloaded_ttft(p))
         tpot = cls.tpot.resolve(m.unloaded_tpot(p + n_out // 2))
@@ -139,7 +145,7 @@ class EmulatedEngine:
                     tpot = float(v) / 1000.0
         return Request(id=self.loop.next_id(), arrival=0.0, prompt_len=p, output_len=n_out,
                        ttft_slo=ttft, tpot_slo=tpot, weight=weight, priority=cls.rank,
-                       cls=cls.name)
+                       cls=label)
 
     # ------------------------------------------------------------------ handlers
     async def completions(self, request: web.Request) -> web.StreamResponse:

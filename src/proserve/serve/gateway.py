@@ -1,0 +1,567 @@
+"""``proserve gateway``: an OpenAI-compatible, streaming-first proxy with tenants, priorities and
+GoRouting in front of real engines (vLLM, SGLang, or ``proserve emulate``).
+
+A request's life here:
+
+1. **Tenant**: the ``Authorization: Bearer`` key maps to a tenant (401 if missing or unknown). Its
+   class (weight, SLOs) is the tenant's, or a *lower* one it asks for with the header
+   ``x-priority-class`` or the body field ``priority_class`` (403 for a higher one).
+2. **Validation**: body schema, model, ``max_tokens``, context length, body size: OpenAI-style
+   JSON errors with 400/404/413.
+3. **Limits**: per-tenant token buckets for requests/s and tokens/s (429 + Retry-After).
+4. **Admission**: the router (default ``go``) picks a backend from views built from the gateway's
+   own record of in-flight work per backend, reconciled with each backend's scraped ``/metrics``.
+   If even the chosen backend is predicted to miss the request's TTFT SLO, the request waits (a
+   per-class queue, woken whenever a request completes) up to its class's ``queue_timeout_s``;
+   sheddable classes get 429 + Retry-After at once instead.
+5. **Forwarding**: priority is spelled the way the backend wants it (vLLM: lower = more urgent;
+   SGLang: higher = more urgent; proserve: vLLM's field plus class/weight/SLOs in
+   ``vllm_xargs``). A backend failure before the first byte is retried on another backend; a
+   failure mid-stream ends the stream with an SSE error event. Either way the client gets a
+   response or an explicit error, never silence.
+6. **Metrics**: Prometheus ``/metrics`` labelled by tenant and class: requests by status, TTFT and
+   TPOT histograms, SLO attainment and TDG gain counters, queue depth, sheds, retries, stream
+   errors, backend health.
+
+Health checks eject a backend after ``failures_to_eject`` failed probes (or failed forwards) and
+re-admit it on the next good probe. Shutdown stops accepting and drains in-flight streams for up to
+``shutdown_grace_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..cluster.base import NoHealthyInstance, make_router
+from ..cluster.view import InstanceView, drain_time, prefill_work
+from ..core.classes import PriorityClass
+from ..core.request import Request, Status
+from ..engine.base import EngineLoad
+from ..latency.model import LatencyModel
+from ..latency.profiles import load_profile
+from .gateway_config import GatewayConfig, TenantConfig
+from .openai import ChatRequest, CompletionRequest, error, parse_body, prompt_tokens
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+
+
+class TokenBucket:
+    """A classic token bucket; ``take`` returns 0 if allowed, else seconds until it would be."""
+
+    __slots__ = ("rate", "burst", "level", "t")
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(rate, 1.0)
+        self.level = self.burst
+        self.t = time.monotonic()
+
+    def take(self, n: float, now: float) -> float:
+        self.level = min(self.burst, self.level + (now - self.t) * self.rate)
+        self.t = now
+        if n > self.burst:  # can never fit at once: allow when the bucket is full
+            if self.level >= self.burst:
+                self.level -= n
+                return 0.0
+            return (self.burst - self.level) / self.rate
+        if self.level >= n:
+            self.level -= n
+            return 0.0
+        return (n - self.level) / self.rate
+
+
+@dataclass
+class Backend:
+    index: int
+    url: str
+    kind: str
+    model: LatencyModel
+    healthy: bool = True
+    failures: int = 0
+    inflight: dict[int, Request] = field(default_factory=dict)
+    scraped_kv_usage: float = 0.0
+    scraped_waiting: int = 0
+
+    def view(self, now: float) -> InstanceView:
+        """The gateway's record of this backend, reconciled with its scraped metrics."""
+        m = self.model
+        prefill = []
+        decodes = ctx = used = 0
+        for r in self.inflight.values():
+            if r.generated == 0:
+                prefill.append((r.prompt_len, 0, r.weight, r.arrival, r.ttft_slo, r.tpot_slo, 0))
+            else:
+                decodes += 1
+                ctx += r.prompt_len + r.generated
+            used += m.blocks_for(r.prompt_len + max(r.generated, 1))
+        # Others may use the backend too (or our estimate lags): never think it emptier than its
+        # own metrics say.
+        used = max(used, int(self.scraped_kv_usage * m.kv_blocks))
+        extra = self.scraped_waiting - len(prefill)
+        if extra > 0:  # unknown queued work: assume mean-sized prompts of our own traffic
+            mean = (sum(p[0] for p in prefill) // len(prefill)) if prefill else 512
+            prefill += [(mean, 0, 1.0, now, math.inf, math.inf, 0)] * extra
+        load = EngineLoad(prefill, decodes, ctx, max(m.kv_blocks - used, 0), m.kv_blocks)
+        return InstanceView(self.index, self.kind, m, now, load, healthy=self.healthy)
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.classes: list[PriorityClass] = cfg.priority_classes()
+        self.by_name = {c.name: c for c in self.classes}
+        self.backends = []
+        for i, b in enumerate(cfg.backends):
+            model = load_profile(b.profile)
+            if b.kv_blocks:
+                model = model.with_kv_blocks(b.kv_blocks)
+            self.backends.append(Backend(i, b.url.rstrip("/"), b.kind, model))
+        self.router = make_router(cfg.router, **cfg.router_args)
+        self.tenants: dict[str, TenantConfig] = {k: t for t in cfg.tenants for k in t.api_keys}
+        self.rps: dict[str, TokenBucket] = {}
+        self.tps: dict[str, TokenBucket] = {}
+        for t in cfg.tenants:
+            if t.max_rps:
+                self.rps[t.name] = TokenBucket(t.max_rps)
+            if t.max_tokens_per_s:
+                self.tps[t.name] = TokenBucket(t.max_tokens_per_s)
+        self._ids = 0
+        self._capacity = asyncio.Event()  # set whenever a request leaves a backend
+        self._queued: dict[str, int] = {c.name: 0 for c in self.classes}
+        self._tasks: list[asyncio.Task] = []
+        self.session: aiohttp.ClientSession | None = None
+        self._t0 = time.monotonic()
+        self._init_metrics()
+
+    # ------------------------------------------------------------------ metrics
+    def _init_metrics(self) -> None:
+        reg = self.registry = CollectorRegistry()
+        tc = ["tenant", "class"]
+        self.m_requests = Counter("proserve_requests", "Requests by outcome", tc + ["code"],
+                                  registry=reg)
+        self.m_ttft = Histogram("proserve_ttft_seconds", "Time to first token at the gateway",
+                                tc, buckets=TTFT_BUCKETS, registry=reg)
+        self.m_tpot = Histogram("proserve_tpot_seconds", "Mean time per output token", tc,
+                                buckets=TPOT_BUCKETS, registry=reg)
+        self.m_slo = Counter("proserve_slo_attained", "Requests that met TTFT and TPOT SLOs", tc,
+                             registry=reg)
+        self.m_gain = Counter("proserve_tdg_gain", "Token-level deadline-aware gain earned", tc,
+                              registry=reg)
+        self.m_gain_max = Counter("proserve_tdg_gain_max", "Gain if every token were on time",
+                                  tc, registry=reg)
+        self.m_shed = Counter("proserve_shed", "Requests shed (429) for capacity", tc,
+                              registry=reg)
+        self.m_retries = Counter("proserve_retries", "Forwards retried on another backend",
+                                 ["backend"], registry=reg)
+        self.m_stream_err = Counter("proserve_stream_errors", "Streams ended by a backend error",
+                                    ["backend"], registry=reg)
+        g = Gauge("proserve_queue_depth", "Requests waiting for capacity", ["class"], registry=reg)
+        for c in self.classes:
+            g.labels(c.name).set_function(lambda n=c.name: self._queued[n])
+        h = Gauge("proserve_backend_healthy", "1 if the backend takes traffic", ["backend"],
+                  registry=reg)
+        i = Gauge("proserve_backend_inflight", "Requests in flight per backend", ["backend"],
+                  registry=reg)
+        for b in self.backends:
+            h.labels(b.url).set_function(lambda b=b: float(b.healthy))
+            i.labels(b.url).set_function(lambda b=b: float(len(b.inflight)))
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    # ------------------------------------------------------------------ request path
+    def _tenant(self, request: web.Request) -> TenantConfig | web.Response:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return error(401, "missing API key: send 'Authorization: Bearer <key>'",
+                         code="invalid_api_key")
+        t = self.tenants.get(auth[7:].strip())
+        if t is None:
+            return error(401, "invalid API key", code="invalid_api_key")
+        return t
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, CompletionRequest, "/v1/completions")
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, ChatRequest, "/v1/chat/completions")
+
+    async def _handle(self, request: web.Request, schema, path: str) -> web.StreamResponse:
+        tenant = self._tenant(request)
+        if isinstance(tenant, web.Response):
+            return tenant
+        body = await parse_body(request, schema)
+        if isinstance(body, web.Response):
+            return self._count(tenant.name, tenant.class_, body)
+        if body.model != self.cfg.model:
+            return self._count(tenant.name, tenant.class_, error(
+                404, f"The model `{body.model}` does not exist; this gateway serves "
+                     f"`{self.cfg.model}`", param="model", code="model_not_found"))
+        cls = self.by_name[tenant.class_]
+        asked = request.headers.get("x-priority-class") or (body.model_extra or {}).get(
+            "priority_class")
+        if asked is not None:
+            if asked not in self.by_name:
+                return self._count(tenant.name, cls.name, error(
+                    400, f"unknown priority class {asked!r}; known: "
+                         f"{', '.join(self.by_name)}", param="priority_class"))
+            if self.by_name[asked].rank < cls.rank:
+                return self._count(tenant.name, cls.name, error(
+                    403, f"tenant {tenant.name!r} may not use class {asked!r} (above its own "
+                         f"class {cls.name!r})", code="priority_not_allowed"))
+            cls = self.by_name[asked]
+        p = prompt_tokens(body)
+        n_out = body.output_tokens or 16
+        if p + n_out > self.cfg.max_model_len:
+            return self._count(tenant.name, cls.name, error(
+                400, f"This model's maximum context length is {self.cfg.max_model_len} tokens. "
+                     f"However, you requested {p + n_out} tokens ({p} in the prompt, {n_out} in "
+                     f"the completion).", param="max_tokens"))
+        now_m = time.monotonic()
+        for bucket, amount, what in ((self.rps.get(tenant.name), 1, "requests/s"),
+                                     (self.tps.get(tenant.name), p + n_out, "tokens/s")):
+            if bucket is not None:
+                wait = bucket.take(amount, now_m)
+                if wait > 0:
+                    return self._count(tenant.name, cls.name, error(
+                        429, f"tenant {tenant.name!r} is over its {what} limit; retry in "
+                             f"{wait:.2f} s", code="rate_limited",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))}))
+        m0 = self.backends[0].model
+        self._ids += 1
+        req = Request(id=self._ids, arrival=self.now(), prompt_len=p, output_len=n_out,
+                      ttft_slo=cls.ttft.resolve(m0.unloaded_ttft(p)),
+                      tpot_slo=cls.tpot.resolve(m0.unloaded_tpot(p + n_out // 2)),
+                      weight=cls.weight, priority=cls.rank, cls=cls.name, tenant=tenant.name)
+        raw = body.model_dump(exclude_none=True, by_alias=True)
+        raw.pop("priority_class", None)
+        resp = await self._forward(request, req, raw, path, body.stream)
+        self._finish_metrics(req, resp.status)
+        return resp
+
+    def _count(self, tenant: str, cls: str, resp: web.Response) -> web.Response:
+        self.m_requests.labels(tenant, cls, str(resp.status)).inc()
+        return resp
+
+    def _finish_metrics(self, r: Request, status: int) -> None:
+        self.m_requests.labels(r.tenant, r.cls, str(status)).inc()
+        if status != 200:
+            return
+        lab = (r.tenant, r.cls)
+        if r.generated:
+            self.m_ttft.labels(*lab).observe(r.first_token_time - r.arrival)
+        if r.generated > 1:
+            self.m_tpot.labels(*lab).observe(r.tpot())
+        r.status = Status.FINISHED if r.generated >= r.output_len else Status.UNFINISHED
+        if r.slo_met():
+            self.m_slo.labels(*lab).inc()
+        self.m_gain.labels(*lab).inc(r.gain())
+        self.m_gain_max.labels(*lab).inc(r.max_gain())
+
+    # ------------------------------------------------------------------ admission + routing
+    def _predicted_ttft(self, b: Backend, r: Request, now: float) -> float:
+        v = b.view(now)
+        m = b.model
+        step = m.c0 + v.load.decodes * m.d1 + m.d2 * v.load.decode_context
+        work = prefill_work((r.prompt_len, 0, 0, 0, 0, 0, 0), m)
+        return drain_time(v.load.prefill, m, step) + work + m.c0
+
+    async def _admit(self, r: Request, exclude: set[int]) -> Backend | web.Response:
+        """Pick a backend for ``r``, waiting (or shedding) while none can meet its TTFT SLO."""
+        settings = self.cfg.settings(r.cls)
+        deadline = time.monotonic() + settings.queue_timeout_s
+        queued = False
+        try:
+            while True:
+                up = [b for b in self.backends if b.healthy and b.index not in exclude]
+                if not up:
+                    return error(503, "no healthy backend can take the request",
+                                 type_="service_unavailable", code="no_backend")
+                now = self.now()
+                try:
+                    k = self.router.route(r, [b.view(now) for b in up], now)
+                except NoHealthyInstance:
+                    return error(503, "no healthy backend can take the request",
+                                 type_="service_unavailable", code="no_backend")
+                b = self.backends[k]
+                predicted = self._predicted_ttft(b, r, now)
+                late = now + predicted - r.arrival >= r.ttft_slo
+                if not late or (settings.queue_timeout_s == 0 and not settings.sheddable):
+                    return b
+                if settings.sheddable:
+                    self.m_shed.labels(r.tenant, r.cls).inc()
+                    retry = max(1, math.ceil(predicted))
+                    return error(429, f"no capacity to serve class {r.cls!r} within its SLO; "
+                                      f"retry in {retry} s", code="capacity_shed",
+                                 headers={"Retry-After": str(retry)})
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # waited its class's timeout: serve it late rather than fail it, unless the
+                    # backends are hopelessly behind (predicted past 10x its SLO)
+                    if now + predicted - r.arrival < 10 * r.ttft_slo:
+                        return b
+                    self.m_shed.labels(r.tenant, r.cls).inc()
+                    return error(429, f"class {r.cls!r} waited {settings.queue_timeout_s:g} s "
+                                      f"without capacity", code="queue_timeout",
+                                 headers={"Retry-After": str(max(1, math.ceil(predicted)))})
+                if not queued:
+                    queued = True
+                    self._queued[r.cls] += 1
+                self._capacity.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._capacity.wait(), timeout=min(left, 0.05))
+        finally:
+            if queued:
+                self._queued[r.cls] -= 1
+
+    def _upstream_body(self, b: Backend, r: Request, raw: dict[str, Any]) -> dict[str, Any]:
+        body = dict(raw)
+        n = len(self.classes)
+        if b.kind == "sglang":
+            body["priority"] = n - 1 - r.priority  # SGLang: higher = more urgent
+        else:
+            body["priority"] = r.priority  # vLLM and ours: lower = more urgent
+        if b.kind == "proserve":
+            xargs = dict(body.get("vllm_xargs") or {})
+            xargs.update({"class": r.cls, "weight": r.weight,
+                          "ttft_slo_ms": r.ttft_slo * 1000, "tpot_slo_ms": r.tpot_slo * 1000})
+            body["vllm_xargs"] = xargs
+        return body
+
+    # ------------------------------------------------------------------ forwarding
+    async def _forward(self, request: web.Request, r: Request, raw: dict[str, Any], path: str,
+                       stream: bool) -> web.StreamResponse:
+        assert self.session is not None
+        tried: set[int] = set()
+        last_err = "no backend tried"
+        for _attempt in range(self.cfg.retries + 1):
+            b = await self._admit(r, tried)
+            if isinstance(b, web.Response):
+                if tried and b.status == 503:  # retries exhausted the healthy backends
+                    return error(502, f"every backend failed: {last_err}", type_="server_error",
+                                 code="backend_failed")
+                return b
+            tried.add(b.index)
+            b.inflight[r.id] = r
+            try:
+                up = await self.session.post(
+                    b.url + path, json=self._upstream_body(b, r, raw),
+                    timeout=aiohttp.ClientTimeout(total=self.cfg.request_timeout_s,
+                                                  sock_connect=2.0))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                b.inflight.pop(r.id, None)
+                self._backend_failed(b)
+                self.m_retries.labels(b.url).inc()
+                last_err = f"{b.url}: {type(e).__name__}: {e}"
+                continue
+            if up.status >= 500:
+                text = await up.text()
+                up.release()
+                b.inflight.pop(r.id, None)
+                self._backend_failed(b)
+                self.m_retries.labels(b.url).inc()
+                last_err = f"{b.url}: HTTP {up.status}: {text[:200]}"
+                continue
+            try:
+                if up.status != 200:  # the backend refused the request itself: pass it on
+                    data = await up.read()
+                    return web.Response(status=up.status, body=data,
+                                        content_type=up.content_type or "application/json")
+                b.failures = 0
+                if stream:
+                    return await self._relay_stream(request, r, b, up)
+                return await self._relay_json(r, b, up)
+            finally:
+                up.release()
+                b.inflight.pop(r.id, None)
+                self._capacity.set()
+        return error(502, f"every backend failed: {last_err}", type_="server_error",
+                     code="backend_failed")
+
+    def _backend_failed(self, b: Backend) -> None:
+        b.failures += 1
+        if b.failures >= self.cfg.health.failures_to_eject:
+            b.healthy = False
+        self._capacity.set()
+
+    async def _relay_json(self, r: Request, b: Backend, up: aiohttp.ClientResponse
+                          ) -> web.Response:
+        try:
+            data = await up.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            self._backend_failed(b)
+            return error(502, f"backend {b.url} failed mid-response: {type(e).__name__}",
+                         type_="server_error", code="backend_failed")
+        t = self.now()
+        n = int((data.get("usage") or {}).get("completion_tokens", r.output_len))
+        for _ in range(min(n, r.output_len)):  # no per-token times without streaming
+            r.emit_token(t)
+        return web.json_response(data)
+
+    async def _relay_stream(self, request: web.Request, r: Request, b: Backend,
+                            up: aiohttp.ClientResponse) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        done = False
+        try:
+            async for line in up.content:
+                if not line.startswith(b"data: "):
+                    await resp.write(line)
+                    continue
+                payload = line[6:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                else:
+                    with contextlib.suppress(ValueError):
+                        chunk = json.loads(payload)
+                        for ch in chunk.get("choices") or ():
+                            has_text = ch.get("text") or (ch.get("delta") or {}).get("content")
+                            if has_text and r.generated < r.output_len:
+                                r.emit_token(self.now())
+                await resp.write(line)
+            if not done:  # the backend closed the stream without finishing it
+                raise aiohttp.ClientPayloadError("stream ended before [DONE]")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            self.m_stream_err.labels(b.url).inc()
+            self._backend_failed(b)
+            err = {"error": {"message": f"backend {b.url} failed mid-stream: "
+                                        f"{type(e).__name__}", "type": "server_error",
+                             "param": None, "code": "backend_failed"}}
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                await resp.write(b"data: [DONE]\n\n")
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+        return resp
+
+    # ------------------------------------------------------------------ background tasks
+    async def _health_loop(self) -> None:
+        h = self.cfg.health
+        assert self.session is not None
+        while True:
+            for b in self.backends:
+                try:
+                    async with self.session.get(b.url + "/health",
+                                                timeout=aiohttp.ClientTimeout(total=h.timeout_s)
+                                                ) as resp:
+                        ok = resp.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    ok = False
+                if ok:
+                    b.failures = 0
+                    if not b.healthy:
+                        b.healthy = True
+                        self._capacity.set()
+                else:
+                    b.failures += 1
+                    if b.failures >= h.failures_to_eject:
+                        b.healthy = False
+            await asyncio.sleep(h.interval_s)
+
+    async def _scrape_loop(self) -> None:
+        assert self.session is not None
+        while True:
+            for b in self.backends:
+                if not b.healthy:
+                    continue
+                try:
+                    async with self.session.get(b.url + "/metrics",
+                                                timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                        text = await resp.text()
+                    self._apply_scrape(b, text)
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                    pass  # health checks decide about ejection; keep the last numbers
+            await asyncio.sleep(self.cfg.scrape_interval_s)
+
+    @staticmethod
+    def _apply_scrape(b: Backend, text: str) -> None:
+        for fam in text_string_to_metric_families(text):
+            name = fam.name
+            if name in ("vllm:kv_cache_usage_perc", "sglang:token_usage"):
+                b.scraped_kv_usage = sum(s.value for s in fam.samples)
+            elif name in ("vllm:num_requests_waiting", "sglang:num_queue_reqs"):
+                b.scraped_waiting = int(sum(s.value for s in fam.samples))
+
+    # ------------------------------------------------------------------ app
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(self, request: web.Request) -> web.Response:
+        up = sum(b.healthy for b in self.backends)
+        return web.json_response({"healthy_backends": up, "backends": len(self.backends)},
+                                 status=200 if up else 503)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.cfg.model, "object": "model", "created": 0, "owned_by": "proserve",
+            "max_model_len": self.cfg.max_model_len}]})
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+
+        async def on_startup(_: web.Application) -> None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
+            self._tasks = [asyncio.get_running_loop().create_task(self._health_loop()),
+                           asyncio.get_running_loop().create_task(self._scrape_loop())]
+
+        async def on_cleanup(_: web.Application) -> None:
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            if self.session is not None:
+                await self.session.close()
+
+        app.on_startup.append(on_startup)
+        app.on_cleanup.append(on_cleanup)
+        return app
+
+
+async def serve_gateway(cfg: GatewayConfig, ready: asyncio.Event | None = None,
+                        stop: asyncio.Event | None = None) -> None:
+    """Run the gateway until ``stop`` is set or SIGINT/SIGTERM; then drain in-flight requests."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    gw = Gateway(cfg)
+    runner = web.AppRunner(gw.app(), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=cfg.shutdown_grace_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
