@@ -163,7 +163,8 @@ def test_rate_limit_and_shedding_get_429_with_retry_after() -> None:
             r = await c.post("/v1/completions", json=body, headers=BRONZE)
             assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
             # class "scrap" has a 1 ms TTFT SLO no backend can meet, and is sheddable
-            r = await c.post("/v1/completions", json=body, headers={"Authorization": "Bearer k-scrap"})
+            r = await c.post("/v1/completions", json=body,
+                             headers={"Authorization": "Bearer k-scrap"})
             d = await r.json()
             assert r.status == 429 and d["error"]["code"] == "capacity_shed"
             assert "Retry-After" in r.headers
