@@ -369,6 +369,84 @@ def gateway(
         _fail(f"cannot listen: {e}")
 
 
+@app.command()
+def bench(
+    target: str = typer.Option(..., "--target", help="Base URL of an OpenAI-compatible endpoint, e.g. http://127.0.0.1:18080"),
+    trace: str = TraceOpt,
+    rate: float | None = RateOpt,
+    duration: float | None = DurOpt,
+    count: int | None = CountOpt,
+    profile: str = ProfileOpt,
+    seed: int = SeedOpt,
+    classes: str | None = ClassesOpt,
+    arrival: str = ArrOpt,
+    cv: float = CvOpt,
+    keys: str | None = typer.Option(None, "--keys", help="API key per class: 'high=sk-1,low=sk-2'."),
+    model: str = typer.Option("proserve-emulated", "--model", help="Model id to request."),
+    prompt_format: str = typer.Option("ids", "--prompt-format", help="ids (token-id prompts: exact lengths) | text."),
+    chat: bool = typer.Option(False, "--chat", help="Use /v1/chat/completions."),
+    no_priority: bool = typer.Option(False, "--no-priority", help="Do not send vLLM's priority field."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout (s)."),
+    max_requests: int = typer.Option(20000, "--max-requests", help="Refuse workloads larger than this."),
+    max_duration: float = typer.Option(600.0, "--max-duration", help="Stop waiting this long after the last arrival (s)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the result JSON here."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Write TTFT/TPOT CDFs per class (PNG)."),
+) -> None:
+    """Replay a workload against an endpoint (open loop) and measure TDG, attainment and latency."""
+    import asyncio
+
+    from .serve.bench import BenchConfig, run_bench
+    from .sim.run import SimConfig
+    from .sim.run import load_model as _load_model
+    from .workload import make_workload
+
+    if prompt_format not in ("ids", "text"):
+        _fail("--prompt-format must be 'ids' or 'text'")
+    if not target.startswith(("http://", "https://")):
+        _fail(f"--target must be an http(s) URL, got {target!r}")
+    key_map = {}
+    for item in filter(None, (keys or "").split(",")):
+        c, eq, k = item.partition("=")
+        if not eq or not c.strip() or not k.strip():
+            _fail(f"--keys expects class=key pairs, got {item!r}")
+        key_map[c.strip()] = k.strip()
+    sim_cfg = _config(trace=trace, rate=rate, duration=duration, count=count, profile=profile,
+                      seed=seed, classes=classes, arrival=arrival, cv=cv)
+    try:
+        reqs, info = make_workload(trace, rate=rate, duration=duration, count=count,
+                                   classes=classes, model=_load_model(sim_cfg), seed=seed,
+                                   arrival=arrival, cv=cv)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    unknown = set(key_map) - {r.cls for r in reqs}
+    if unknown:
+        _fail(f"--keys names class(es) not in the workload: {sorted(unknown)}")
+    if len(reqs) > max_requests:
+        _fail(f"workload has {len(reqs)} requests, over --max-requests {max_requests}")
+    cfg = BenchConfig(target=target, model=model, keys=key_map, prompt_format=prompt_format,
+                      timeout_s=timeout, max_duration_s=max_duration,
+                      send_priority=not no_priority, chat=chat)
+    err.print(f"bench: {len(reqs)} requests over {info.get('duration', 0):.0f} s against {target}")
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task("", total=len(reqs))
+        res = asyncio.run(run_bench(cfg, reqs, progress=lambda d, n: prog.update(task, completed=d)))
+    res = {"policy": "measured", "router": "measured", "instances": None, **res,
+           "workload": info, "config": {**SimConfig.model_dump(sim_cfg), "target": target}}
+    out_console.print(summary_table({**res, "profile": profile, "mode": "live"}))
+    if res["errors"]:
+        err.print(f"[yellow]errors:[/] {res['errors']}; e.g. {res['error_examples']}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        err.print(f"wrote {out}")
+    if plot_path:
+        from .experiments.plots import plot_latency_cdfs
+
+        plot_latency_cdfs(reqs, plot_path, f"bench {trace} against {target}")
+        err.print(f"wrote {plot_path}")
+
+
 @app.command("fit")
 def fit_cmd(
     points: Path = typer.Argument(..., help="CSV of profiled points: kind,q,p,batch,seconds."),

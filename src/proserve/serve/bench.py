@@ -1,0 +1,151 @@
+"""``proserve bench --target URL``: an open-loop load generator for OpenAI-compatible endpoints.
+
+It replays the simulator's workloads (traces, rates, Poisson/gamma arrivals, priority classes)
+against any endpoint (our gateway, vLLM, an emulator, LiteLLM...): each request is sent at its
+arrival time whatever happened to earlier ones (open loop, so overload shows as queueing, not as a
+slower client), streams its tokens, and every token's arrival time updates the same online
+counters the simulator uses. The result has the same keys as ``proserve simulate`` (tdg_ratio,
+slo_attainment, per_class, percentiles, goodput) plus error counts, so a simulated prediction and
+a measured run compare field by field.
+
+Prompts are sent as token ids (``[1, 1, ...]`` of the trace's prompt length), which vLLM, SGLang
+and our emulator accept, with ``ignore_eos`` so outputs have the trace's length; ``--prompt-format
+text`` sends words instead for endpoints that only take text. Classes map to API keys
+(``--keys high=sk-1,low=sk-2``) and to vLLM's ``priority`` field (class rank).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ..core.metrics import clean_floats, summarize
+from ..core.request import Request, Status
+
+
+@dataclass
+class BenchConfig:
+    target: str
+    model: str = "proserve-emulated"
+    keys: dict[str, str] = field(default_factory=dict)  # class -> API key
+    prompt_format: str = "ids"  # or "text"
+    timeout_s: float = 300.0  # per request
+    max_duration_s: float = 3600.0  # whole run, after the last arrival
+    send_priority: bool = True
+    chat: bool = False
+
+
+@dataclass
+class _Outcome:
+    code: str = "ok"
+    detail: str = ""
+
+
+async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0: float,
+               outcome: _Outcome) -> None:
+    body: dict[str, Any] = {"model": cfg.model, "max_tokens": r.output_len, "stream": True,
+                            "ignore_eos": True}
+    if cfg.chat:
+        body["messages"] = [{"role": "user", "content": "hi " * max(r.prompt_len - 4, 1)}]
+    elif cfg.prompt_format == "ids":
+        body["prompt"] = [1] * r.prompt_len
+    else:
+        body["prompt"] = "hi " * r.prompt_len
+    if cfg.send_priority:
+        body["priority"] = r.priority
+    headers = {}
+    key = cfg.keys.get(r.cls)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    path = "/v1/chat/completions" if cfg.chat else "/v1/completions"
+    try:
+        async with session.post(cfg.target.rstrip("/") + path, json=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=cfg.timeout_s)) as resp:
+            if resp.status != 200:
+                outcome.code = str(resp.status)
+                outcome.detail = (await resp.text())[:300]
+                return
+            done = False
+            async for line in resp.content:
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    outcome.code = "stream_error"
+                    outcome.detail = str(chunk["error"].get("message", ""))[:300]
+                    return
+                for ch in chunk.get("choices") or ():
+                    if (ch.get("text") or (ch.get("delta") or {}).get("content")) and (
+                            r.generated < r.output_len):
+                        r.emit_token(time.monotonic() - t0)
+            if not done:
+                outcome.code = "truncated"
+    except asyncio.TimeoutError:
+        outcome.code = "timeout"
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        outcome.code = "connection_error"
+        outcome.detail = f"{type(e).__name__}: {e}"[:300]
+
+
+async def run_bench(cfg: BenchConfig, requests: list[Request],
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Send ``requests`` at their arrival times; return the simulate-compatible summary."""
+    outcomes = [_Outcome() for _ in requests]
+    finished = 0
+    t0 = time.monotonic()
+    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def fire(i: int, r: Request) -> None:
+            nonlocal finished
+            delay = r.arrival - (time.monotonic() - t0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await _one(session, cfg, r, t0, outcomes[i])
+            finished += 1
+            if progress is not None:
+                progress(finished, len(requests))
+
+        last = requests[-1].arrival if requests else 0.0
+        tasks = [asyncio.ensure_future(fire(i, r)) for i, r in enumerate(requests)]
+        _, pending = await asyncio.wait(tasks, timeout=last + cfg.max_duration_s)
+        for t in pending:
+            t.cancel()
+        for i, t in enumerate(tasks):
+            if t in pending:
+                outcomes[i].code = "cut_off"
+    wall = time.monotonic() - t0
+    for r, o in zip(requests, outcomes):
+        ok = o.code == "ok" and r.generated >= r.output_len
+        r.status = Status.FINISHED if ok else Status.UNFINISHED
+        r.finish_time = r.last_token_time if r.generated else wall
+    classes = list(dict.fromkeys(r.cls for r in sorted(requests, key=lambda x: x.priority)))
+    res = summarize(requests, class_order=classes)
+    codes = Counter(o.code for o in outcomes)
+    errors = {k: v for k, v in codes.items() if k != "ok"}
+    examples = {}
+    for o in outcomes:
+        if o.code != "ok" and o.code not in examples:
+            examples[o.code] = o.detail
+    out = {
+        "target": cfg.target,
+        "requests": res["requests"],
+        **{k: v for k, v in res.items() if k not in ("per_class", "requests")},
+        "per_class": res["per_class"],
+        "errors": errors,
+        "error_examples": examples,
+        "ok": codes.get("ok", 0),
+        "bench_wall_s": wall,
+    }
+    return clean_floats(out)
