@@ -255,7 +255,11 @@ class Gateway:
                       weight=cls.weight, priority=cls.rank, cls=cls.name, tenant=tenant.name)
         raw = body.model_dump(exclude_none=True, by_alias=True)
         raw.pop("priority_class", None)
-        resp = await self._forward(request, req, raw, path, body.stream)
+        try:
+            resp = await self._forward(request, req, raw, path, body.stream)
+        except asyncio.CancelledError:  # the client went away: count it, as nginx does, as 499
+            self.m_requests.labels(req.tenant, req.cls, "499").inc()
+            raise
         self._finish_metrics(req, resp.status)
         return resp
 
