@@ -92,6 +92,7 @@ class EngineLoop:
     async def _run(self) -> None:
         sched = self.scheduler
         while True:
+            started = self._clock()
             out = sched.schedule(self.now())
             if out.empty:
                 self._wake.clear()
@@ -100,7 +101,10 @@ class EngineLoop:
                 else:  # work exists but none fits now (cannot happen with our policies)
                     await asyncio.sleep(0.001)
                 continue
-            await asyncio.sleep(out.duration * self.time_scale)
+            # Sleep to the step's end measured from its start, so the time spent scheduling and
+            # delivering tokens is part of the step, not added to it (the predicted duration is
+            # what a real engine's step takes, bookkeeping included).
+            await asyncio.sleep(max(started + out.duration * self.time_scale - self._clock(), 0))
             gens = [r.generated for r in out.reqs]
             t = self.now()
             finished = sched.update_from_output(out, t)

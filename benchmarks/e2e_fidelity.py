@@ -1,0 +1,121 @@
+"""Live path vs simulator: the same workload through real HTTP and through `proserve simulate`.
+
+Starts, each in its own process: `proserve emulate --instances N` (engines running POLICY in real
+time) and `proserve gateway` (ROUTER, two tenants = two classes), then replays a time-scaled
+azure-conv window with `proserve bench` through the gateway, and runs `proserve simulate` on the
+identical workload (same trace, rate, duration, seed, classes, instances, policy, router). Prints
+the two results side by side with their ratios.
+
+    python benchmarks/e2e_fidelity.py --instances 4 --rate 40 --duration 60
+
+Everything listens on 127.0.0.1 only; every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from _common import loadavg, table
+
+KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50",
+        "tpot_p99")
+
+
+def wait_up(url: str, timeout: float = 30.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--instances", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=40.0)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--policy", default="slide")
+    ap.add_argument("--router", default="go")
+    ap.add_argument("--profile", default="llama3.1-8b@h100")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--port", type=int, default=18301)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    cli = [sys.executable, "-m", "proserve.cli"]
+    tmp = Path(tempfile.mkdtemp(prefix="proserve-e2e-"))
+    gw_port = a.port + a.instances
+    backends = [{"url": f"http://127.0.0.1:{a.port + i}", "kind": "proserve",
+                 "profile": a.profile} for i in range(a.instances)]
+    cfg = {"model": "proserve-emulated", "port": gw_port, "router": a.router,
+           "classes": "high:w=2,share=0.5;low:w=1,share=0.5",
+           "class_settings": {"high": {"queue_timeout_s": 0}, "low": {"queue_timeout_s": 0}},
+           "backends": backends,
+           "tenants": [{"name": "hi", "api_keys": ["k-hi"], "class": "high"},
+                       {"name": "lo", "api_keys": ["k-lo"], "class": "low"}]}
+    (tmp / "gw.json").write_text(json.dumps(cfg))
+    procs = []
+    try:
+        procs.append(subprocess.Popen(cli + ["emulate", "--instances", str(a.instances),
+                                             "--port", str(a.port), "--policy", a.policy,
+                                             "--profile", a.profile],
+                                      stderr=subprocess.DEVNULL))
+        for i in range(a.instances):
+            wait_up(f"http://127.0.0.1:{a.port + i}/health")
+        procs.append(subprocess.Popen(cli + ["gateway", "--config", str(tmp / "gw.json")],
+                                      stderr=subprocess.DEVNULL))
+        wait_up(f"http://127.0.0.1:{gw_port}/health")
+        load0 = loadavg()
+        work = ["--trace", "azure-conv", "--rate", str(a.rate), "--duration", str(a.duration),
+                "--seed", str(a.seed), "--profile", a.profile]
+        t0 = time.time()
+        subprocess.run(cli + ["bench", "--target", f"http://127.0.0.1:{gw_port}", *work,
+                              "--keys", "high=k-hi,low=k-lo", "--out", str(tmp / "bench.json")],
+                       check=True, stdout=subprocess.DEVNULL)
+        bench_wall = time.time() - t0
+        load1 = loadavg()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    subprocess.run(cli + ["simulate", *work, "--instances", str(a.instances), "--policy",
+                          a.policy, "--router", a.router, "--quiet", "--out",
+                          str(tmp / "sim.json")], check=True)
+    live = json.loads((tmp / "bench.json").read_text())
+    sim = json.loads((tmp / "sim.json").read_text())
+    print(f"e2e fidelity: {a.instances} x {a.policy} behind gateway/{a.router}, azure-conv "
+          f"{a.duration:g} s at {a.rate:g} req/s, seed {a.seed}; {live['requests']} requests, "
+          f"errors {live['errors'] or 'none'}; bench took {bench_wall:.0f} s; load average "
+          f"{load0} -> {load1}")
+    rows = []
+    for scope, lv, sv in [("all", live, sim)] + [
+            (c, live["per_class"][c], sim["per_class"][c]) for c in sim["per_class"]]:
+        for k in KEYS:
+            x, y = lv.get(k), sv.get(k)
+            ratio = f"{x / y:.3f}" if x is not None and y else "-"
+            fmt = (lambda v: f"{1000 * v:.1f} ms") if k.startswith(("ttft", "tpot")) else (
+                lambda v: f"{v:.4f}")
+            rows.append([scope, k, fmt(x) if x is not None else "-",
+                         fmt(y) if y is not None else "-", ratio])
+    table(["scope", "metric", "live (bench)", "simulated", "live/sim"], rows)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"live": live, "sim": sim, "args": vars(a)},
+                                           indent=1))
+
+
+if __name__ == "__main__":
+    main()
