@@ -28,6 +28,7 @@ import aiohttp
 
 from ..core.metrics import clean_floats, summarize
 from ..core.request import Request, Status
+from .openai import chunk_tokens
 
 
 @dataclass
@@ -56,6 +57,7 @@ async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0:
         body["messages"] = [{"role": "user", "content": "hi " * max(r.prompt_len - 4, 1)}]
     elif cfg.prompt_format == "ids":
         body["prompt"] = [1] * r.prompt_len
+        body["return_token_ids"] = True  # vLLM without a tokenizer streams ids, not text
     else:
         body["prompt"] = "hi " * r.prompt_len
     if cfg.send_priority:
@@ -85,10 +87,11 @@ async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0:
                     outcome.code = "stream_error"
                     outcome.detail = str(chunk["error"].get("message", ""))[:300]
                     return
+                t = time.monotonic() - t0
                 for ch in chunk.get("choices") or ():
-                    if (ch.get("text") or (ch.get("delta") or {}).get("content")) and (
-                            r.generated < r.output_len):
-                        r.emit_token(time.monotonic() - t0)
+                    for _ in range(chunk_tokens(ch)):
+                        if r.generated < r.output_len:
+                            r.emit_token(t)
             if not done:
                 outcome.code = "truncated"
     except asyncio.TimeoutError:

@@ -59,7 +59,14 @@ from ..engine.base import EngineLoad
 from ..latency.model import LatencyModel
 from ..latency.profiles import load_profile
 from .gateway_config import GatewayConfig, TenantConfig
-from .openai import ChatRequest, CompletionRequest, error, parse_body, prompt_tokens
+from .openai import (
+    ChatRequest,
+    CompletionRequest,
+    chunk_tokens,
+    error,
+    parse_body,
+    prompt_tokens,
+)
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
@@ -440,9 +447,9 @@ class Gateway:
                     with contextlib.suppress(ValueError):
                         chunk = json.loads(payload)
                         for ch in chunk.get("choices") or ():
-                            has_text = ch.get("text") or (ch.get("delta") or {}).get("content")
-                            if has_text and r.generated < r.output_len:
-                                r.emit_token(self.now())
+                            for _ in range(chunk_tokens(ch)):
+                                if r.generated < r.output_len:
+                                    r.emit_token(self.now())
                 await resp.write(line)
             if not done:  # the backend closed the stream without finishing it
                 raise aiohttp.ClientPayloadError("stream ended before [DONE]")

@@ -81,6 +81,16 @@ def prompt_tokens(req: CompletionRequest | ChatRequest) -> int:
     return max(1, total)
 
 
+def chunk_tokens(choice: dict[str, Any]) -> int:
+    """Output tokens carried by one streamed choice: its ``token_ids`` where the engine sends
+    them (vLLM with ``return_token_ids``, needed when it runs without a tokenizer), else one per
+    non-empty text/content delta."""
+    ids = choice.get("token_ids")
+    if isinstance(ids, list) and ids:
+        return len(ids)
+    return 1 if choice.get("text") or (choice.get("delta") or {}).get("content") else 0
+
+
 def error(status: int, message: str, *, type_: str | None = None, param: str | None = None,
           code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     """An OpenAI-style JSON error response."""

