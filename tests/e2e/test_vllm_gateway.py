@@ -45,6 +45,7 @@ def test_gateway_streams_from_vllm_and_priority_orders_admission(vllm_servers) -
             assert res["output_tokens"] == 30 * 96  # every token streamed through the gateway
             ttft_hi = statistics.median(r.ttft() for r in reqs if r.cls == "high")
             ttft_lo = statistics.median(r.ttft() for r in reqs if r.cls == "low")
+            print(f"vLLM behind the gateway: median TTFT high {ttft_hi:.3f} s, low {ttft_lo:.3f} s")
             assert ttft_hi < ttft_lo, (ttft_hi, ttft_lo)
         finally:
             await srv.close()
