@@ -301,3 +301,61 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     example = Path(__file__).parents[2] / "examples" / "gateway.yaml"
     cfg = load_gateway_config(example)
     assert len(cfg.backends) == 2 and {t.class_ for t in cfg.tenants} == {"interactive", "batch"}
+
+
+def test_priority_is_spelled_per_backend_kind() -> None:
+    cfg = GatewayConfig.model_validate({
+        "classes": "a:w=4,ttft=1s,tpot=50ms;b:w=2;c:w=1",
+        "backends": [{"url": "http://127.0.0.1:1", "kind": k} for k in ("vllm", "sglang",
+                                                                         "proserve")],
+        "tenants": [{"name": "t", "api_keys": ["k"], "class": "a"}]})
+    gw = Gateway(cfg)
+    from proserve.core.request import Request
+
+    r = Request(1, 0.0, 10, 5, ttft_slo=1.0, tpot_slo=0.05, weight=4.0, priority=0, cls="a")
+    raw = {"model": MODEL, "prompt": "x", "vllm_xargs": {"keep": 1}}
+    vllm, sglang, ours = (gw._upstream_body(b, r, raw) for b in gw.backends)
+    assert vllm["priority"] == 0 and "vllm_xargs" in vllm and "class" not in vllm["vllm_xargs"]
+    assert sglang["priority"] == 2  # SGLang: higher = more urgent; the top of 3 classes
+    assert ours["priority"] == 0
+    assert ours["vllm_xargs"] == {"keep": 1, "class": "a", "weight": 4.0, "ttft_slo_ms": 1000.0,
+                                  "tpot_slo_ms": 50.0}
+    assert raw == {"model": MODEL, "prompt": "x", "vllm_xargs": {"keep": 1}}  # not mutated
+
+
+def test_graceful_shutdown_drains_in_flight_streams() -> None:
+    from proserve.serve.gateway import serve_gateway
+
+    async def go():
+        _, servers = await emulators(1)
+        import socket
+
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        cfg = GatewayConfig.model_validate({
+            "model": MODEL, "port": port, "shutdown_grace_s": 10,
+            "backends": [{"url": url(servers[0])}],
+            "tenants": [{"name": "acme", "api_keys": ["k-gold"], "class": "high"}]})
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve_gateway(cfg, ready=ready, stop=stop))
+        await ready.wait()
+        import aiohttp
+
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 400, "stream": True}
+        try:
+            async with aiohttp.ClientSession() as s, s.post(
+                    f"http://127.0.0.1:{port}/v1/completions", headers=GOLD, json=body) as r:
+                first = await r.content.readline()
+                assert first.startswith(b"data: ")
+                stop.set()  # shut down while this stream is in flight
+                rest = (await r.read()).decode()
+            chunks = sse(first.decode() + rest)
+            assert chunks[-1] == "[DONE]"
+            assert sum(1 for x in chunks[:-1] if x["choices"]) == 400  # drained, not cut
+            await asyncio.wait_for(task, timeout=15)
+        finally:
+            stop.set()
+            for s in servers:
+                await s.close()
+    run(go())
