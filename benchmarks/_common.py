@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -26,3 +30,27 @@ def table(headers: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * x for x in w))
     for r in cells[1:]:
         print(line(r))
+
+
+def wait_up(url: str, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers below 500, or raise after ``timeout`` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+def stop_all(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGTERM every process (graceful shutdown), SIGKILL what is still there after 10 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()

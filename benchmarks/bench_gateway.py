@@ -27,29 +27,15 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from _common import loadavg, table
+from _common import loadavg, stop_all, table, wait_up
 from proserve.core.request import Request
 from proserve.serve.bench import BenchConfig, run_bench
 
 MODEL = "proserve-emulated"
-
-
-def wait_up(url: str, timeout: float = 60.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status < 500:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up in {timeout} s")
 
 
 def workload(rate: float, seconds: float, seed: int) -> list[Request]:
@@ -162,13 +148,7 @@ def main() -> None:
             Path(a.json).write_text(json.dumps({"overhead": over, "sustained": sustained,
                                                 "steps": steps, "args": vars(a)}, indent=1))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

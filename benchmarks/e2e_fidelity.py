@@ -19,25 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from _common import loadavg, table
+from _common import loadavg, stop_all, table, wait_up
 
 KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50",
         "tpot_p99")
-
-
-def wait_up(url: str, timeout: float = 30.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {timeout} s")
 
 
 def main() -> None:
@@ -85,13 +72,7 @@ def main() -> None:
         bench_wall = time.time() - t0
         load1 = loadavg()
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     subprocess.run(cli + ["simulate", *work, "--instances", str(a.instances), "--policy",
                           a.policy, "--router", a.router, "--quiet", "--out",
                           str(tmp / "sim.json")], check=True)

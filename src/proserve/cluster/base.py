@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core.registry import Registry, Spec
 from ..core.request import Request
 from ..engine.base import PrefillItem
 from .view import DEFAULT_PREFILL_SLICE_S, EffectiveLoad, InstanceView
@@ -124,42 +124,25 @@ class BaseRouter:
 
 
 # ---------------------------------------------------------------------- registry
-@dataclass(frozen=True, slots=True)
-class RouterSpec:
-    name: str
-    cls: type[BaseRouter]
-    defaults: dict[str, Any]
-    summary: str
+def _load_builtin_routers() -> None:
+    from . import go, routers  # noqa: F401  (registers the built-in routers)
 
 
-_ROUTERS: dict[str, RouterSpec] = {}
+ROUTERS: Registry[BaseRouter] = Registry("router", _load_builtin_routers)
+RouterSpec = Spec
 
 
 def register_router(name: str, cls: type[BaseRouter], summary: str, **defaults: Any) -> None:
-    if name in _ROUTERS:
-        raise ValueError(f"router {name!r} registered twice")
-    _ROUTERS[name] = RouterSpec(name, cls, dict(defaults), summary)
+    ROUTERS.register(name, cls, summary, **defaults)
 
 
 def router_names() -> list[str]:
-    from . import go, routers  # noqa: F401  (registers the built-in routers)
-
-    return list(_ROUTERS)
+    return ROUTERS.names()
 
 
-def router_spec(name: str) -> RouterSpec:
-    router_names()
-    try:
-        return _ROUTERS[name]
-    except KeyError:
-        raise ValueError(f"unknown router {name!r}; available: {', '.join(_ROUTERS)}") from None
+def router_spec(name: str) -> Spec[BaseRouter]:
+    return ROUTERS.spec(name)
 
 
 def make_router(name: str, **params: Any) -> BaseRouter:
-    spec = router_spec(name)
-    try:
-        router = spec.cls(**{**spec.defaults, **params})
-    except TypeError as e:
-        raise ValueError(f"bad parameter for router {name!r}: {e}") from None
-    router.name = name  # type: ignore[misc]
-    return router
+    return ROUTERS.make(name, **params)

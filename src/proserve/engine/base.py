@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from ..core.registry import Registry, Spec
 from ..core.request import Request, Status
 from ..latency.model import LatencyModel
 from .kv import BlockManager
@@ -283,45 +284,27 @@ class BaseScheduler:
 
 
 # ---------------------------------------------------------------------- registry
-@dataclass(frozen=True, slots=True)
-class PolicySpec:
-    name: str
-    cls: type[BaseScheduler]
-    defaults: dict[str, Any]
-    summary: str
+def _load_builtin_policies() -> None:
+    from . import policies  # noqa: F401  (registers the built-in policies)
 
 
-_REGISTRY: dict[str, PolicySpec] = {}
+POLICIES: Registry[BaseScheduler] = Registry("policy", _load_builtin_policies)
+PolicySpec = Spec
 
 
 def register_policy(name: str, cls: type[BaseScheduler], summary: str, **defaults: Any) -> None:
     """Register a scheduler class (with default keyword arguments) under a policy name."""
-    if name in _REGISTRY:
-        raise ValueError(f"policy {name!r} registered twice")
-    _REGISTRY[name] = PolicySpec(name, cls, dict(defaults), summary)
+    POLICIES.register(name, cls, summary, **defaults)
 
 
 def policy_names() -> list[str]:
-    from . import policies  # noqa: F401  (registers the built-in policies)
-
-    return list(_REGISTRY)
+    return POLICIES.names()
 
 
-def policy_spec(name: str) -> PolicySpec:
-    policy_names()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(_REGISTRY)}") from None
+def policy_spec(name: str) -> Spec[BaseScheduler]:
+    return POLICIES.spec(name)
 
 
 def make_scheduler(name: str, model: LatencyModel, **params: Any) -> BaseScheduler:
     """Build a registered policy; ``params`` override its defaults (unknown ones are an error)."""
-    spec = policy_spec(name)
-    kw = {**spec.defaults, **params}
-    try:
-        sched = spec.cls(model, **kw)
-    except TypeError as e:
-        raise ValueError(f"bad parameter for policy {name!r}: {e}") from None
-    sched.name = name  # type: ignore[misc]
-    return sched
+    return POLICIES.make(name, model, **params)

@@ -43,7 +43,15 @@ from ..core.request import Request, Status
 from ..engine.base import make_scheduler
 from ..latency.profiles import load_profile
 from .engine_loop import EngineFull, EngineLoop, TokenEvent
-from .openai import ChatRequest, CompletionRequest, error, parse_body, prompt_tokens
+from .openai import (
+    ChatRequest,
+    CompletionRequest,
+    error,
+    models_response,
+    openai_app,
+    parse_body,
+    prompt_tokens,
+)
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -155,9 +163,7 @@ class EmulatedEngine:
         return await self._serve(request, ChatRequest)
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{
-            "id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "proserve",
-            "max_model_len": self.cfg.max_model_len}]})
+        return models_response(self.cfg.model_name, self.cfg.max_model_len)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -269,12 +275,7 @@ class EmulatedEngine:
         return resp
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.metrics)
+        app = openai_app(self)
 
         async def on_startup(_: web.Application) -> None:
             self.loop.start()

@@ -64,6 +64,8 @@ from .openai import (
     CompletionRequest,
     chunk_tokens,
     error,
+    models_response,
+    openai_app,
     parse_body,
     prompt_tokens,
 )
@@ -525,17 +527,10 @@ class Gateway:
                                  status=200 if up else 503)
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{
-            "id": self.cfg.model, "object": "model", "created": 0, "owned_by": "proserve",
-            "max_model_len": self.cfg.max_model_len}]})
+        return models_response(self.cfg.model, self.cfg.max_model_len)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.metrics)
+        app = openai_app(self)
 
         async def on_startup(_: web.Application) -> None:
             self.session = aiohttp.ClientSession(

@@ -101,6 +101,25 @@ def error(status: int, message: str, *, type_: str | None = None, param: str | N
     return web.json_response(body, status=status, headers=headers)
 
 
+def models_response(model: str, max_model_len: int) -> web.Response:
+    """``GET /v1/models`` for a server that serves one model."""
+    return web.json_response({"object": "list", "data": [{
+        "id": model, "object": "model", "created": 0, "owned_by": "proserve",
+        "max_model_len": max_model_len}]})
+
+
+def openai_app(server: Any) -> web.Application:
+    """The routes every OpenAI-compatible server of ours exposes, bound to ``server``'s
+    ``completions``, ``chat``, ``models``, ``health`` and ``metrics`` handlers."""
+    app = web.Application(client_max_size=2 * MAX_BODY_BYTES)  # parse_body answers 413 itself
+    app.router.add_post("/v1/completions", server.completions)
+    app.router.add_post("/v1/chat/completions", server.chat)
+    app.router.add_get("/v1/models", server.models)
+    app.router.add_get("/health", server.health)
+    app.router.add_get("/metrics", server.metrics)
+    return app
+
+
 async def parse_body(request: web.Request, schema: type[BaseModel]) -> BaseModel | web.Response:
     """Read and validate a JSON body; on failure the OpenAI-style error response to return."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
