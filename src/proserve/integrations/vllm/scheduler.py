@@ -1,0 +1,192 @@
+"""SlideBatching inside vLLM: a ``--scheduler-cls`` plug-in for vLLM 0.32 (v1 engine).
+
+    python -m vllm.entrypoints.openai.api_server ... \\
+        --scheduler-cls proserve.integrations.vllm.scheduler.ProServeScheduler
+
+(proserve must be importable in vLLM's EngineCore process: install it there or put its ``src``
+on ``PYTHONPATH``). It subclasses ``AsyncScheduler`` and keeps all of vLLM's machinery (KV cache,
+chunked prefill, async overlap, preemption mechanics). What it changes, every step, before vLLM's
+own ``schedule()`` runs:
+
+1. **Order.** It mirrors every live request into a proserve ``Request`` (class, weight and SLOs
+   from ``vllm_xargs``; see below) and lets the *same* ``SlideBatching`` policy object the
+   simulator uses order them. Each vLLM request's ``priority`` is then set to its rank in that
+   order, the running list is sorted by it and the waiting heap re-heapified. vLLM's priority
+   mode then admits waiting requests in SlideBatching order and, when KV runs out, preempts the
+   worst-ranked running request: the tail of the SlideBatching order, as the reference does.
+2. **Waiting-queue preemption** (vLLM issue #40004): if the best waiting request belongs to a
+   higher class than some running requests and cannot be admitted (no free sequence slot, or not
+   enough free KV blocks for its prompt), the worst-ranked of those lower-class requests are
+   preempted until it fits (at most ``max_preempt_per_step`` per step). Within one class nothing
+   is displaced this way, which prevents two equal requests from evicting each other in turn.
+3. **Preempted requests keep their place** (bug #41951): ranks come from each request's own
+   class, weight and deadline, which preemption does not change, so a preempted request
+   re-enters the queue where it was.
+4. **Latency budget** (optional, ``latency_budget: true``): the step's token budget
+   ``max_num_scheduled_tokens`` is set to what fits SlideBatching's latency budget under the
+   configured latency model; off by default because it needs a profile fitted on the serving
+   hardware (``proserve fit``).
+
+Per-request fields (OpenAI request body ``vllm_xargs``, which vLLM passes as
+``SamplingParams.extra_args``): ``class`` (a class name from the config), ``weight``,
+``ttft_slo_ms``, ``tpot_slo_ms``. Without them the request's ``priority`` integer selects the
+class of that rank (lower = more urgent, vLLM's convention). Config: a YAML file named by
+``PROSERVE_PLUGIN_CONFIG`` with optional keys ``profile``, ``classes`` (a ``--classes`` spec),
+``policy_args``, ``latency_budget``, ``max_preempt_per_step``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import yaml
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+
+from ...core.classes import parse_classes
+from ...core.request import Request
+from ...engine.base import make_scheduler
+from ...latency.profiles import load_profile
+
+_SUPPORTED = "0.32"
+
+
+def _load_config() -> dict[str, Any]:
+    path = os.environ.get("PROSERVE_PLUGIN_CONFIG")
+    if not path:
+        return {}
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping")
+    unknown = set(doc) - {"profile", "classes", "policy_args", "latency_budget",
+                          "max_preempt_per_step"}
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+    return doc
+
+
+class ProServeScheduler(AsyncScheduler):
+    """vLLM's async scheduler with SlideBatching ordering and priority preemption."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = _load_config()
+        # Our ranks travel through vLLM's priority machinery, so priority mode is required.
+        if self.policy != SchedulingPolicy.PRIORITY:
+            self.policy = SchedulingPolicy.PRIORITY
+            self.waiting = create_request_queue(self.policy)
+        self.latency_model = load_profile(cfg.get("profile", "llama3.1-8b@h100"))
+        self.classes = parse_classes(cfg.get("classes"))
+        self.by_name = {c.name: c for c in self.classes}
+        self.slide = make_scheduler("slide", self.latency_model, **cfg.get("policy_args", {}))
+        self.use_latency_budget = bool(cfg.get("latency_budget", False))
+        self.max_preempt = int(cfg.get("max_preempt_per_step", 4))
+        self.configured_token_budget = self.max_num_scheduled_tokens
+        self.shadows: dict[str, Request] = {}
+        self.user_priority: dict[str, int] = {}
+        self.proserve_preemptions = 0
+        self._ids = 0
+
+    # ------------------------------------------------------------------ mirroring
+    def add_request(self, request: Any) -> None:
+        # remember the API priority before our ranks overwrite it
+        self.user_priority.setdefault(request.request_id, int(request.priority))
+        super().add_request(request)
+
+    def _shadow(self, req: Any) -> Request:
+        sh = self.shadows.get(req.request_id)
+        if sh is None:
+            x = (req.sampling_params.extra_args or {}) if req.sampling_params else {}
+            rank = min(max(self.user_priority.get(req.request_id, int(req.priority)), 0),
+                       len(self.classes) - 1)
+            cls = self.by_name.get(x.get("class"), self.classes[rank])
+            m = self.latency_model
+            p = int(req.num_prompt_tokens)
+            out = int(getattr(req, "max_tokens", None) or 1)
+            ttft = float(x["ttft_slo_ms"]) / 1000 if "ttft_slo_ms" in x else (
+                cls.ttft.resolve(m.unloaded_ttft(p)))
+            tpot = float(x["tpot_slo_ms"]) / 1000 if "tpot_slo_ms" in x else (
+                cls.tpot.resolve(m.unloaded_tpot(p + out // 2)))
+            self._ids += 1
+            sh = Request(id=self._ids, arrival=float(req.arrival_time), prompt_len=p,
+                         output_len=max(out, 1), ttft_slo=ttft, tpot_slo=tpot,
+                         weight=float(x.get("weight", cls.weight)), priority=cls.rank,
+                         cls=str(x.get("class", cls.name)))
+            self.shadows[req.request_id] = sh
+            self.slide.table.add(sh)
+        sh.generated = min(int(req.num_output_tokens), sh.output_len)
+        sh.computed = min(int(req.num_computed_tokens), sh.prompt_len + sh.generated)
+        return sh
+
+    def _sync(self) -> list[Any]:
+        live = [r for r in self.running] + list(self.waiting)
+        alive = {r.request_id for r in live}
+        for rid in [k for k in self.shadows if k not in alive]:
+            self.slide.table.remove(self.shadows.pop(rid))
+            self.user_priority.pop(rid, None)
+        self.slide.table.refresh_many([self._shadow(r) for r in live])
+        return live
+
+    # ------------------------------------------------------------------ scheduling
+    def schedule(self, *args: Any, **kwargs: Any):
+        live = self._sync()
+        if live:
+            now = time.time()  # vLLM's arrival_time clock
+            order, budget = self.slide.ordered(now)
+            rank = {id(sh): i for i, sh in enumerate(order)}
+            for r in live:
+                r.priority = rank[id(self.shadows[r.request_id])]
+            self.running.sort(key=lambda r: r.priority)
+            heap = getattr(self.waiting, "_heap", None)
+            if heap is not None:
+                import heapq
+
+                heapq.heapify(heap)
+            self._preempt_for_waiting(now)
+            if self.use_latency_budget:
+                self.max_num_scheduled_tokens = self._token_budget(budget)
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            self.max_num_scheduled_tokens = self.configured_token_budget
+
+    def _preempt_for_waiting(self, now: float) -> None:
+        """Let the best waiting request displace worse-ranked running ones (#40004)."""
+        if not self.waiting or not self.running:
+            return
+        best = self.waiting.peek_request()
+        best_class = self.shadows[best.request_id].priority
+        pool = self.kv_cache_manager.block_pool
+        need = -(-int(best.num_tokens) // self.block_size)
+        for _ in range(self.max_preempt):
+            # only strictly lower classes can be displaced: within a class, SlideBatching's
+            # order is left to vLLM's admission and KV-pressure preemption, so two requests of
+            # one class never evict each other back and forth
+            lower = [r for r in self.running
+                     if self.shadows[r.request_id].priority > best_class]
+            if not lower:
+                return
+            worst = max(lower, key=lambda r: r.priority)
+            full = len(self.running) >= self.max_num_running_reqs
+            if not full and pool.get_num_free_blocks() >= need:
+                return
+            if not self._request_blocks_can_be_freed(worst):
+                return
+            self.running.remove(worst)
+            self._preempt_request(worst, now)
+            self.proserve_preemptions += 1
+
+    def _token_budget(self, budget: float) -> int:
+        """Tokens that fit SlideBatching's latency budget after this step's decodes."""
+        cap = self.configured_token_budget
+        if math.isinf(budget):
+            return cap
+        m = self.latency_model
+        decodes = [sh for sh in self.shadows.values() if not sh.in_prefill]
+        left = budget - m.c0 - sum(m.decode_time(sh.computed + 1) for sh in decodes)
+        prefill = m.max_chunk(max(left, 0.0), 0, cap) if left > 0 else 0
+        return max(min(len(decodes) + max(prefill, self.slide.min_chunk), cap), 1)
