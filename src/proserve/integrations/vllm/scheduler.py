@@ -32,7 +32,9 @@ Per-request fields (OpenAI request body ``vllm_xargs``, which vLLM passes as
 ``ttft_slo_ms``, ``tpot_slo_ms``. Without them the request's ``priority`` integer selects the
 class of that rank (lower = more urgent, vLLM's convention). Config: a YAML file named by
 ``PROSERVE_PLUGIN_CONFIG`` with optional keys ``profile``, ``classes`` (a ``--classes`` spec),
-``policy_args``, ``latency_budget``, ``max_preempt_per_step``.
+``policy`` (``slide`` by default, or an ablation such as ``slide-nostarve``; see
+docs/BENCHMARKS.md for why that one matters under sustained overload), ``policy_args``,
+``latency_budget``, ``max_preempt_per_step``.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def _load_config() -> dict[str, Any]:
         doc = yaml.safe_load(f) or {}
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
-    unknown = set(doc) - {"profile", "classes", "policy_args", "latency_budget",
+    unknown = set(doc) - {"profile", "classes", "policy", "policy_args", "latency_budget",
                           "max_preempt_per_step"}
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
@@ -82,11 +84,15 @@ class ProServeScheduler(AsyncScheduler):
         self.latency_model = load_profile(cfg.get("profile", "llama3.1-8b@h100"))
         self.classes = parse_classes(cfg.get("classes"))
         self.by_name = {c.name: c for c in self.classes}
-        self.slide = make_scheduler("slide", self.latency_model, **cfg.get("policy_args", {}))
+        policy = cfg.get("policy", "slide")
+        if not policy.startswith("slide"):
+            raise ValueError(f"plug-in policy must be a SlideBatching variant, got {policy!r}")
+        self.slide = make_scheduler(policy, self.latency_model, **cfg.get("policy_args", {}))
         self.use_latency_budget = bool(cfg.get("latency_budget", False))
         self.max_preempt = int(cfg.get("max_preempt_per_step", 4))
         self.configured_token_budget = self.max_num_scheduled_tokens
         self.shadows: dict[str, Request] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # request id -> (computed, generated)
         self.user_priority: dict[str, int] = {}
         self.proserve_preemptions = 0
         self._ids = 0
@@ -123,12 +129,24 @@ class ProServeScheduler(AsyncScheduler):
         return sh
 
     def _sync(self) -> list[Any]:
-        live = [r for r in self.running] + list(self.waiting)
-        alive = {r.request_id for r in live}
-        for rid in [k for k in self.shadows if k not in alive]:
-            self.slide.table.remove(self.shadows.pop(rid))
-            self.user_priority.pop(rid, None)
-        self.slide.table.refresh_many([self._shadow(r) for r in live])
+        """Mirror vLLM's live requests; only those whose progress changed are rewritten (a
+        queued request's deadline and cost do not move while it waits), so a long waiting queue
+        costs one tuple comparison per request and step."""
+        live = [*self.running, *self.waiting]
+        if len(self.shadows) > len(live):
+            alive = {r.request_id for r in live}
+            for rid in [k for k in self.shadows if k not in alive]:
+                self.slide.table.remove(self.shadows.pop(rid))
+                self.user_priority.pop(rid, None)
+                self._seen.pop(rid, None)
+        seen = self._seen
+        changed = []
+        for r in live:
+            key = (r.num_computed_tokens, r.num_output_tokens)
+            if seen.get(r.request_id) != key:
+                seen[r.request_id] = key
+                changed.append(self._shadow(r))
+        self.slide.table.refresh_many(changed)
         return live
 
     # ------------------------------------------------------------------ scheduling

