@@ -47,7 +47,7 @@ from collections.abc import Sequence
 
 from ..core.request import Request
 from .base import BaseRouter, NoHealthyInstance, register_router
-from .view import EffectiveLoad, InstanceView, prefill_work
+from .view import EffectiveLoad, InstanceView, decode_step, prefill_work
 
 Row = tuple[float, float, float]  # (prefill work s, absolute deadline, weight)
 
@@ -115,7 +115,7 @@ class GoRouter(BaseRouter):
         """Gain of the instance's prefill queue with ``req`` minus without it."""
         m = load.model
         rows = [(prefill_work(it, m), it[3] + it[4] + it[6] * it[5], it[2]) for it in load.prefill]
-        r_work = m.c1 * req.prompt_len ** 2 + m.c2 * req.prompt_len
+        r_work = m.prefill_time(req.prompt_len)
         return queue_gain_delta(rows, sum(r[0] for r in rows), r_work,
                                 req.arrival + req.ttft_slo, req.weight, load.decode_step(), now,
                                 self.slice_s)
@@ -155,13 +155,13 @@ class GoRouter(BaseRouter):
                             rows.append((w, item[3] + item[4] + item[6] * item[5], item[2]))
                             total += w
                         free -= blocks
-            step = m.c0 + decodes * m.d1 + m.d2 * ctx
+            step = decode_step(m, decodes, ctx)
             drain = total + math.ceil(total / s) * step if total > 0 else 0.0
-            r_work = m.c1 * p_len * p_len + m.c2 * p_len
+            r_work = m.prefill_time(p_len)
             r_cost = r_work + math.ceil(r_work / s) * step
             fits = free >= m.blocks_for(p_len + 1) and (
                 v.role == "prefill"
-                or m.c0 + (decodes + 1) * m.d1 + m.d2 * (ctx + p_len + 1)
+                or decode_step(m, decodes + 1, ctx + p_len + 1)
                 <= self.tpot_headroom * min(req.tpot_slo, ld.min_decode_tpot))
             gain = queue_gain_delta(rows, total, r_work, r_deadline, req.weight, step, now, s)
             entries.append((fits, gain, drain, step if decodes else 0.0, decodes, v.index, v,

@@ -58,9 +58,7 @@ class EffectiveLoad:
 
     def decode_step(self, extra: int = 0, extra_ctx: int = 0) -> float:
         """Predicted decode iteration time (with ``extra`` more sequences), including c0."""
-        m = self.view.model
-        n = self.decodes + extra
-        return m.c0 + n * m.d1 + m.d2 * (self.decode_context + extra_ctx)
+        return decode_step(self.view.model, self.decodes + extra, self.decode_context + extra_ctx)
 
     def drain(self, slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
         """Predicted time to clear the prefill queue while decodes keep running."""
@@ -70,8 +68,13 @@ class EffectiveLoad:
 
 
 def prefill_work(item: PrefillItem, m: LatencyModel) -> float:
-    pend, computed = item[0], item[1]
-    return m.c1 * pend * pend + (m.c2 + m.c3 * computed) * pend + m.c4 * computed
+    """Prefill time of a queued item's pending tokens on its computed context (no c0)."""
+    return m.prefill_time(item[0], item[1])
+
+
+def decode_step(m: LatencyModel, decodes: int, context: int) -> float:
+    """One decode iteration of ``decodes`` sequences with ``context`` tokens in total, with c0."""
+    return m.c0 + decodes * m.d1 + m.d2 * context
 
 
 def drain_time(prefill: list[PrefillItem], m: LatencyModel, decode_step: float,

@@ -52,7 +52,7 @@ from prometheus_client import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..cluster.base import NoHealthyInstance, make_router
-from ..cluster.view import InstanceView, drain_time, prefill_work
+from ..cluster.view import InstanceView, decode_step, drain_time
 from ..core.classes import PriorityClass
 from ..core.request import Request, Status
 from ..engine.base import EngineLoad
@@ -292,12 +292,12 @@ class Gateway:
         self.m_gain_max.labels(*lab).inc(r.max_gain())
 
     # ------------------------------------------------------------------ admission + routing
-    def _predicted_ttft(self, b: Backend, r: Request, now: float) -> float:
-        v = b.view(now)
-        m = b.model
-        step = m.c0 + v.load.decodes * m.d1 + m.d2 * v.load.decode_context
-        work = prefill_work((r.prompt_len, 0, 0, 0, 0, 0, 0), m)
-        return drain_time(v.load.prefill, m, step) + work + m.c0
+    @staticmethod
+    def _predicted_ttft(v: InstanceView, r: Request) -> float:
+        """Queue drain plus the request's own prefill on the backend the router chose."""
+        m = v.model
+        step = decode_step(m, v.load.decodes, v.load.decode_context)
+        return drain_time(v.load.prefill, m, step) + m.prefill_time(r.prompt_len) + m.c0
 
     async def _admit(self, r: Request, exclude: set[int]) -> Backend | web.Response:
         """Pick a backend for ``r``, waiting (or shedding) while none can meet its TTFT SLO."""
@@ -311,13 +311,14 @@ class Gateway:
                     return error(503, "no healthy backend can take the request",
                                  type_="service_unavailable", code="no_backend")
                 now = self.now()
+                views = {b.index: b.view(now) for b in up}
                 try:
-                    k = self.router.route(r, [b.view(now) for b in up], now)
+                    k = self.router.route(r, list(views.values()), now)
                 except NoHealthyInstance:
                     return error(503, "no healthy backend can take the request",
                                  type_="service_unavailable", code="no_backend")
                 b = self.backends[k]
-                predicted = self._predicted_ttft(b, r, now)
+                predicted = self._predicted_ttft(views[k], r)
                 late = now + predicted - r.arrival >= r.ttft_slo
                 if not late or (settings.queue_timeout_s == 0 and not settings.sheddable):
                     return b
