@@ -458,34 +458,114 @@ def fit_cmd(
     seed: int = SeedOpt,
 ) -> None:
     """Fit the ProServe latency model (NNLS) to profiled points and write a profile file."""
-    import numpy as np
-
-    from .latency.model import LatencyModel, fit_error, read_points_csv
+    from .latency.model import read_points_csv
     from .latency.profiles import save_profile
+    from .profiling.grid import fit_report
 
     try:
         pts = read_points_csv(points)
+        rep = fit_report(pts, holdout=holdout, seed=seed, kv_blocks=kv_blocks,
+                         block_size=block_size, name=name)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    save_profile(rep.model, out, provenance=(
+        f"Fitted by `proserve fit {points} --kv-blocks {kv_blocks} --block-size {block_size} "
+        f"--holdout {holdout} --seed {seed}` on {len(rep.train)} points; held-out error measured on "
+        f"{len(rep.test)} points."))
+    _print_fit(rep, out)
+
+
+def _print_fit(rep: Any, out: Path) -> None:
+    e = rep.err_test
+    out_console.print(f"fitted {rep.model.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in rep.model.coeffs().items()))
+    out_console.print(f"held-out error: mean {100 * e['mape']:.1f}%, p90 {100 * e['p90_ape']:.1f}% "
+                      f"({e['n']} points); training: mean {100 * rep.err_train['mape']:.1f}%, "
+                      f"p90 {100 * rep.err_train['p90_ape']:.1f}%; wrote {out}")
+
+
+@app.command("profile")
+def profile_cmd(
+    out: Path = typer.Option(..., "--out", help="Profile file to write (.yaml or .json); raw points go to NAME.points.csv beside it."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Time a random-weight Llama-shaped model in PyTorch on this machine."),
+    server: str | None = typer.Option(None, "--server", help="Profile a running vLLM server at this base URL (OpenAI API + /metrics); it must be idle."),
+    offline: str | None = typer.Option(None, "--offline", help="Profile this model through vLLM's offline LLM API."),
+    model: str | None = typer.Option(None, "--model", help="--synthetic: architecture preset (tiny [default], qwen2-7b, llama3.1-8b, qwen3-32b). --server: model id (default: the server's first)."),
+    model_config: Path | None = typer.Option(None, "--model-config", help="--synthetic: a Hugging Face config.json instead of a preset."),
+    device: str = typer.Option("auto", "--device", help="--synthetic: cpu, cuda, cuda:N or auto."),
+    dtype: str | None = typer.Option(None, "--dtype", help="--synthetic: bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU)."),
+    kv_gib: float = typer.Option(4.0, "--kv-gib", help="--synthetic on CPU: KV cache size to report, GiB (on CUDA: free memory)."),
+    threads: int | None = typer.Option(None, "--threads", help="--synthetic on CPU: torch threads."),
+    engine_arg: list[str] = typer.Option(None, "--engine-arg", help="--offline: vLLM engine argument key=value (repeatable)."),
+    name: str | None = typer.Option(None, "--name", help="Profile name (default: the file's stem)."),
+    max_len: int = typer.Option(2048, "--max-len", help="Longest cached + new context profiled (<= the server's --max-model-len)."),
+    max_chunk: int = typer.Option(512, "--max-chunk", help="Largest prefill chunk (<= --max-num-batched-tokens)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Largest decode batch (<= --max-num-seqs)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed runs per shape (the median is kept)."),
+    decode_tokens: int = typer.Option(32, "--decode-tokens", help="--server/--offline: output tokens per decode measurement."),
+    no_cached_prefill: bool = typer.Option(False, "--no-cached-prefill", help="Profile prefills on an empty cache only (server without prefix caching)."),
+    holdout: float = typer.Option(0.25, "--holdout", help="Fraction of points held out to report the fit error."),
+    seed: int = SeedOpt,
+) -> None:
+    """Measure iteration latency on a grid of batch shapes and fit a latency profile.
+
+    The profile loads anywhere a profile name does: `proserve simulate --profile FILE`, `proserve
+    emulate --profile FILE`, the gateway config and the vLLM plug-in's `profile:` key.
+    """
+    from .latency.roofline import MODEL_PRESETS, ModelConfig
+    from .profiling import ProfileGrid, profile
+
+    if sum([synthetic, server is not None, offline is not None]) != 1:
+        _fail("give exactly one of --synthetic, --server URL or --offline MODEL")
     if not 0 <= holdout < 1:
         _fail("--holdout must be in [0, 1)")
-    rng = np.random.default_rng(seed)
-    test_mask = rng.random(len(pts)) < holdout
-    train = [p for p, t in zip(pts, test_mask) if not t]
-    test = [p for p, t in zip(pts, test_mask) if t] or train
     try:
-        model = LatencyModel.fit(train, kv_blocks=kv_blocks, block_size=block_size, name=name)
+        grid = ProfileGrid(max_len=max_len, max_chunk=max_chunk, max_batch=max_batch,
+                           cached_prefill=not no_cached_prefill)
     except ValueError as e:
         _fail(str(e))
-    err_test = fit_error(model, test)
-    model.meta["fit_error"] = {"held_out": err_test, "train": fit_error(model, train)}
-    save_profile(model, out, provenance=(
-        f"Fitted by `proserve fit {points} --kv-blocks {kv_blocks} --block-size {block_size} "
-        f"--holdout {holdout} --seed {seed}` on {len(train)} points; held-out error measured on "
-        f"{len(test)} points."))
-    out_console.print(f"fitted {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in model.coeffs().items()))
-    out_console.print(f"held-out error: mean {100 * err_test['mape']:.1f}%, p90 {100 * err_test['p90_ape']:.1f}% "
-                      f"({err_test['n']} points); wrote {out}")
+    try:
+        if synthetic:
+            from .profiling.synthetic import SyntheticLlama
+
+            if model_config:
+                try:
+                    cfg = ModelConfig.from_hf(json.loads(model_config.read_text()), name=model_config.parent.name)
+                except (OSError, json.JSONDecodeError) as e:
+                    _fail(f"{model_config}: {e}")
+            elif (model or "tiny") in MODEL_PRESETS:
+                cfg = MODEL_PRESETS[model or "tiny"]
+            else:
+                _fail(f"unknown --model {model!r} for --synthetic; presets: {', '.join(MODEL_PRESETS)} (or --model-config)")
+            backend = SyntheticLlama(cfg, device=device, dtype=dtype, repeats=repeats, seed=seed,
+                                     kv_gib=kv_gib, threads=threads)
+        elif server is not None:
+            from .profiling.server import ServerBackend
+
+            if not server.startswith(("http://", "https://")):
+                _fail(f"--server must be an http(s) URL, got {server!r}")
+            backend = ServerBackend(server, model=model,
+                                    repeats=repeats, decode_tokens=decode_tokens, seed=seed)
+        else:
+            from .profiling.offline import OfflineBackend
+
+            backend = OfflineBackend(offline, engine_args=_policy_args(engine_arg, "--engine-arg"),
+                                     repeats=repeats, decode_tokens=decode_tokens, seed=seed)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    err.print(f"profiling {backend.description}: {grid.size()} shapes")
+    try:
+        with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                      transient=True) as prog:
+            task = prog.add_task("", total=grid.size())
+            rep = profile(backend, grid, out, name=name or out.name.rsplit(".", 1)[0],
+                          holdout=holdout, seed=seed, command="proserve " + " ".join(sys.argv[1:]),
+                          progress=lambda d, n, what: prog.update(task, completed=d, total=n, description=what))
+    except (ValueError, RuntimeError, OSError) as e:
+        _fail(str(e))
+    finally:
+        backend.close()
+    _print_fit(rep, out)
 
 
 @app.command()

@@ -108,7 +108,7 @@ class UnifiedQueueScheduler(BaseScheduler):
         # the batch append inlined, and KV allocation called only when a block boundary is
         # crossed (15 of 16 decode steps need no new block).
         m = self.model
-        c1, c2, c3, c4, d1, d2 = m.c1, m.c2, m.c3, m.c4, m.d1, m.d2
+        c1, c2, c3, c4, c5, d1, d2 = m.c1, m.c2, m.c3, m.c4, m.c5, m.d1, m.d2
         bs = self.kv.block_size
         tok_cap = self.max_num_batched_tokens
         seq_cap = self.max_num_seqs
@@ -135,7 +135,7 @@ class UnifiedQueueScheduler(BaseScheduler):
                 if q == 1 and p > 0:
                     cost = d1 + d2 * (p + 1)
                 else:
-                    cost = c1 * q * q + c2 * q + c3 * q * p + c4 * p
+                    cost = c5 + c1 * q * q + c2 * q + c3 * q * p + c4 * p
             else:
                 q = 1
                 cost = d1 + d2 * (p + 1)

