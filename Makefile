@@ -5,8 +5,11 @@ PYTEST = $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: install test lint
 
+# torch (for `proserve profile --synthetic`, tested on CPU): 2.13.0 is the CPU build this
+# machine's package index carries; any torch already installed is kept.
 install:
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,profile]'
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks scripts

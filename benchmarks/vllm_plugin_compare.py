@@ -15,22 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from _common import loadavg, stop_all, table, wait_up
+from _common import loadavg, start_vllm_cpu, stop_all, table
 from proserve.core.request import Request
 from proserve.serve.bench import BenchConfig, run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 2048,
-        "torch_dtype": "bfloat16", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
 CLASSES = {"high": (0, 4.0), "low": (1, 1.0)}
 
 
@@ -60,9 +54,7 @@ def main() -> None:
     ap.add_argument("--venv", default=str(ROOT / ".vllm-venv"))
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    py = str(Path(a.venv) / "bin" / "python")
     tmp = Path(tempfile.mkdtemp(prefix="proserve-plugin-"))
-    (tmp / "config.json").write_text(json.dumps(TINY))
     classes = (f"classes: 'high:w=4,ttft={a.ttft}s,tpot={a.tpot}s;"
                f"low:w=1,ttft={a.ttft}s,tpot={a.tpot}s'\n")
     variants: dict[str, tuple[list[str], str | None]] = {
@@ -77,19 +69,12 @@ def main() -> None:
             str(cfg))
     results = {}
     for name, (flags, cfg_path) in variants.items():
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
-               "PYTHONPATH": str(ROOT / "src")}
+        env = {"PYTHONPATH": str(ROOT / "src")}
         if cfg_path:
             env["PROSERVE_PLUGIN_CONFIG"] = cfg_path
-        proc = subprocess.Popen(
-            [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp),
-             "--served-model-name", "tiny", "--load-format", "dummy", "--skip-tokenizer-init",
-             "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
-             "--max-num-seqs", str(a.max_num_seqs), "--host", "127.0.0.1",
-             "--port", str(a.port), *flags],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_vllm_cpu(a.venv, str(tmp), a.port,
+                              ["--max-num-seqs", str(a.max_num_seqs), *flags], env)
         try:
-            wait_up(f"http://127.0.0.1:{a.port}/health", timeout=300)
             reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
             bcfg = BenchConfig(target=f"http://127.0.0.1:{a.port}", model="tiny",
                                timeout_s=600, max_duration_s=600)

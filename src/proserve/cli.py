@@ -142,6 +142,7 @@ def simulate(
     kv_link_gbs: float = LinkOpt,
     w_p: float = typer.Option(1.0, "--w-p", help="TDG weight of the first token."),
     w_d: float = typer.Option(1.0, "--w-d", help="TDG weight of each later token."),
+    request_overhead_ms: float | None = typer.Option(None, "--request-overhead-ms", help="Fixed per-request latency outside the engine (API server, network), ms. Default: the profile's measured value (profiles from `proserve profile --server`), else 0."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
@@ -156,7 +157,7 @@ def simulate(
         w_p=w_p, w_d=w_d, tenant_classes=tenant_classes, router=router,
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
-        kv_link_gbytes_s=kv_link_gbs,
+        kv_link_gbytes_s=kv_link_gbs, request_overhead_ms=request_overhead_ms,
     )
     try:
         if quiet:

@@ -184,9 +184,10 @@ class LatencyModel:
         Prefill points fit ``[1, q^2, q, q*p, p]``; decode points (a batch of ``b`` sequences at
         context ``L``) fit ``[1, b, b*L]``. With ``prefill_overhead`` the decode intercept becomes
         c0 and the prefill intercept's excess over it becomes c5; otherwise (or when the prefill
-        intercept is the smaller) the two are averaged into c0 as the reference does. Relative weighting (dividing each row by its measured time) keeps the
-        many short points from being drowned by a few long prefills, which is what a *mean
-        percentage* error target needs.
+        intercept is the smaller) the two are averaged into c0 as the reference does.
+        Relative weighting (dividing each row by its measured time) keeps the many short points
+        from being drowned by a few long prefills, which is what a *mean percentage* error
+        target needs.
         """
         from scipy.optimize import nnls  # lazy: the vLLM plug-in imports this module without scipy
 

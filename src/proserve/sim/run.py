@@ -43,6 +43,9 @@ class SimConfig(BaseModel):
     w_p: float = Field(default=1.0, ge=0)
     w_d: float = Field(default=1.0, ge=0)
     max_model_len: int | None = Field(default=None, gt=0)
+    # Fixed per-request latency outside the engine (API server, network). None: the profile's
+    # measured ``request_overhead_s`` (profiles from `proserve profile --server`), else 0.
+    request_overhead_ms: float | None = Field(default=None, ge=0)
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
     tenant_classes: str | None = None
@@ -130,6 +133,13 @@ def kv_transfer_fn(model: LatencyModel, cfg: SimConfig):
     return seconds
 
 
+def request_overhead_s(model: LatencyModel, cfg: SimConfig) -> float:
+    """The config's per-request overhead, else the one measured into the profile, else 0."""
+    if cfg.request_overhead_ms is not None:
+        return cfg.request_overhead_ms / 1000.0
+    return float(model.meta.get("request_overhead_s", 0.0))
+
+
 def load_model(cfg: SimConfig) -> LatencyModel:
     model = load_profile(cfg.profile)
     return model.with_kv_blocks(cfg.kv_blocks) if cfg.kv_blocks else model
@@ -172,7 +182,7 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     res = simulate(
         reqs, pool, router=router, view_interval=cfg.view_interval_ms / 1000.0,
         decode_engines=decode_pool, kv_transfer_s=kv_transfer_fn(model, cfg) if disagg else None,
-        drain_s=cfg.drain_s, progress=progress,
+        drain_s=cfg.drain_s, progress=progress, ingress_s=request_overhead_s(model, cfg),
     )
     summary = summarize(res.requests, cfg.w_p, cfg.w_d, [c.name for c in classes])
     span = max(res.end_time - (reqs[0].arrival if reqs else 0.0), 1e-12)
@@ -185,6 +195,7 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "mode": cfg.mode,
         "profile": model.name,
         "kv_blocks": model.kv_blocks,
+        "request_overhead_s": request_overhead_s(model, cfg),
         **{k: summary[k] for k in summary if k != "per_class"},
         "per_class": summary["per_class"],
         "steps": res.steps,

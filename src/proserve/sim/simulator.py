@@ -101,6 +101,7 @@ def simulate(
     check_every: int = 1000,
     progress: Callable[[float], None] | None = None,
     progress_every: int = 2000,
+    ingress_s: float = 0.0,
 ) -> SimResult:
     """Run ``requests`` (sorted by arrival) through ``engines``.
 
@@ -116,7 +117,12 @@ def simulate(
         check_every: full invariant check every this many steps (and at the end); cheap checks run
             every step.
         progress: called with the current simulated time every ``progress_every`` steps.
+        ingress_s: fixed latency between a request's arrival and the engine receiving it (API
+            server, tokenisation, network); a profile measured on a live server records it. It
+            counts in TTFT and E2E, as it does for a real client.
     """
+    if ingress_s < 0:
+        raise ValueError("ingress_s must be >= 0")
     if not engines:
         raise ValueError("need at least one engine instance")
     disagg = bool(decode_engines)
@@ -135,7 +141,7 @@ def simulate(
     if router is None:
         route = route or (_round_robin(n_eng) if n_eng > 1 else (lambda r, t: 0))
     wall0 = time.perf_counter()
-    horizon = (reqs[-1].arrival if reqs else 0.0) + drain_s
+    horizon = (reqs[-1].arrival if reqs else 0.0) + ingress_s + drain_s
 
     # events: (time, seq, instance, request); instance >= 0: a step ends there; instance == -1:
     # a KV transfer of ``request`` to its decode instance completes
@@ -193,7 +199,7 @@ def simulate(
             start(k, t)
 
     while i < n or heap:
-        next_arr = reqs[i].arrival if i < n else math.inf
+        next_arr = reqs[i].arrival + ingress_s if i < n else math.inf
         if heap and heap[0][0] < next_arr:
             now, _, k, xr = heapq.heappop(heap)
             if now > horizon:

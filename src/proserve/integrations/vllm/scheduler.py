@@ -39,6 +39,7 @@ docs/BENCHMARKS.md for why that one matters under sustained overload), ``policy_
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -53,7 +54,8 @@ from ...core.request import Request
 from ...engine.base import make_scheduler
 from ...latency.profiles import load_profile
 
-_SUPPORTED = "0.32"
+_SUPPORTED = "0.32"  # the vLLM minor version the plug-in is written and tested against
+logger = logging.getLogger(__name__)
 
 
 def _load_config() -> dict[str, Any]:
@@ -76,6 +78,12 @@ class ProServeScheduler(AsyncScheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        import vllm
+
+        if not str(vllm.__version__).startswith(_SUPPORTED + "."):
+            logger.warning("proserve's scheduler plug-in supports vLLM %s.x; this is vLLM %s: "
+                           "scheduler internals it relies on may differ", _SUPPORTED,
+                           vllm.__version__)
         cfg = _load_config()
         # Our ranks travel through vLLM's priority machinery, so priority mode is required.
         if self.policy != SchedulingPolicy.PRIORITY:
