@@ -110,8 +110,10 @@ def main() -> None:
                 sim = workload(model, rate, a.seconds, a.seed)
                 simulate(sim, [make_scheduler(sim_policy, model, **limits)],
                          ingress_s=float(model.meta.get("request_overhead_s", 0.0)))
-                res["rates"][rate] = {"real": stats(real), "sim": stats(sim),
-                                      "errors": summary["errors"]}
+                res["rates"][rate] = {
+                    "real": stats(real), "sim": stats(sim), "errors": summary["errors"],
+                    "per_request": [[r.prompt_len, r.output_len, r.ttft(), r.tpot(), s.ttft(),
+                                     s.tpot()] for r, s in zip(real, sim)]}
             results[name] = res
         finally:
             stop_all([proc])
@@ -134,7 +136,7 @@ def main() -> None:
                          str(d["errors"] or "-")])
         table(["rate", "metric", "vLLM ms", "sim ms", "sim error"], rows)
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}))
 
 
 if __name__ == "__main__":

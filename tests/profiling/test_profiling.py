@@ -130,6 +130,23 @@ def test_profile_writes_points_aligns_prefixes_and_reports_error(tmp_path: Path)
     assert "held-out error" in m.meta["provenance"]
 
 
+def test_measured_request_overhead_is_recorded_for_the_simulator(tmp_path: Path) -> None:
+    class ServerLike(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.overheads = [0.003, 0.005, 0.004]
+
+    profile(ServerLike(), ProfileGrid(max_len=1024, max_chunk=256, max_batch=4),
+            tmp_path / "s.yaml", name="s", holdout=0.0)
+    m = load_profile(tmp_path / "s.yaml")
+    assert m.meta["request_overhead_s"] == 0.004 and m.c5 == pytest.approx(TRUE.c5, rel=1e-4)
+    from proserve.sim.run import SimConfig, request_overhead_s
+
+    assert request_overhead_s(m, SimConfig(profile=str(tmp_path / "s.yaml"))) == 0.004
+    cfg = SimConfig(profile=str(tmp_path / "s.yaml"), request_overhead_ms=0)
+    assert request_overhead_s(m, cfg) == 0.0
+
+
 def test_backend_returning_garbage_is_an_error() -> None:
     class Bad(FakeBackend):
         def time_decode(self, batch: int, context: int) -> float:

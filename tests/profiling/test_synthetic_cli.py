@@ -57,7 +57,8 @@ def test_synthetic_model_config_from_hf_file(tmp_path: Path) -> None:
                  "--out", str(out), "--max-len", "256", "--max-chunk", "64", "--max-batch", "2",
                  "--repeats", "1")
     assert res.exit_code == 0, res.output
-    assert "qwen2" in load_profile(out).meta["backend"] or "m " in load_profile(out).meta["backend"]
+    m = load_profile(out)
+    assert "synthetic m (1 layers, hidden 32, 4 heads, 2 KV heads" in m.meta["backend"]
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -47,7 +47,7 @@ def profile(backend: ProfileBackend, grid: ProfileGrid, out: str | Path, *, name
         "points": len(points),
     })
     extra = getattr(backend, "overheads", None)
-    if extra:  # client-seen latency beyond the engine's: the simulator adds it to every request
+    if extra:  # latency beyond the engine's iterations: the simulator adds it per request
         rep.model.meta["request_overhead_s"] = float(sorted(extra)[len(extra) // 2])
     pts_file = points_path(out)
     write_points_csv(pts_file, points)

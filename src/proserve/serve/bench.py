@@ -49,17 +49,30 @@ class _Outcome:
     detail: str = ""
 
 
+def unique_ids(rid: int, n: int) -> list[int]:
+    """A token-id prompt of length ``n`` that no other request id shares a first block with.
+
+    Engines with prefix caching (vLLM's is on by default) would otherwise serve most of an
+    all-equal prompt from cache and the replay would measure cache hits, not the trace. The
+    first three tokens spell the request id in base 990 (ids 10..999: valid in any vocabulary of
+    1,000+); block hashes chain, so the whole prompt is distinct.
+    """
+    head = [10 + (rid // 990**k) % 990 for k in range(3)][:n]
+    return head + [1] * (n - len(head))
+
+
 async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0: float,
                outcome: _Outcome) -> None:
     body: dict[str, Any] = {"model": cfg.model, "max_tokens": r.output_len, "stream": True,
                             "ignore_eos": True}
     if cfg.chat:
-        body["messages"] = [{"role": "user", "content": "hi " * max(r.prompt_len - 4, 1)}]
+        body["messages"] = [{"role": "user",
+                             "content": f"{r.id} " + "hi " * max(r.prompt_len - 5, 0)}]
     elif cfg.prompt_format == "ids":
-        body["prompt"] = [1] * r.prompt_len
+        body["prompt"] = unique_ids(r.id, r.prompt_len)
         body["return_token_ids"] = True  # vLLM without a tokenizer streams ids, not text
     else:
-        body["prompt"] = "hi " * r.prompt_len
+        body["prompt"] = f"{r.id} " + "hi " * max(r.prompt_len - 1, 0)
     if cfg.send_priority:
         body["priority"] = r.priority
     headers = {}
