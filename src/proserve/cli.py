@@ -108,6 +108,7 @@ DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep servin
 TenantOpt = typer.Option(None, "--tenant-classes", help="Map tenants (ServeGen clients) to classes: 'volume' (heaviest tenants to the first class, by share), 'top:0.2', or 'client-5=high,client-9=low'.")
 RouterOpt = typer.Option(None, "--router", help="Router across instances (see `proserve routers`); default round-robin when instances > 1.")
 RArgOpt = typer.Option(None, "--router-arg", help="Router parameter key=value (repeatable), e.g. alpha=0.8.")
+MaxLenOpt = typer.Option(None, "--max-model-len", help="Cap each request's prompt + output at this many tokens (the server's --max-model-len).")
 ViewOpt = typer.Option(0.0, "--view-interval", help="Milliseconds between router view refreshes (0: exact views).")
 ModeOpt = typer.Option("colocated", "--mode", help="colocated | disaggregated (separate prefill and decode pools).")
 PInstOpt = typer.Option(None, "--prefill-instances", help="Prefill pool size (disaggregated mode).")
@@ -142,6 +143,7 @@ def simulate(
     kv_link_gbs: float = LinkOpt,
     w_p: float = typer.Option(1.0, "--w-p", help="TDG weight of the first token."),
     w_d: float = typer.Option(1.0, "--w-d", help="TDG weight of each later token."),
+    max_model_len: int | None = MaxLenOpt,
     request_overhead_ms: float | None = typer.Option(None, "--request-overhead-ms", help="Fixed per-request latency outside the engine (API server, network), ms. Default: the profile's measured value (profiles from `proserve profile --server`), else 0."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
@@ -158,6 +160,7 @@ def simulate(
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
         kv_link_gbytes_s=kv_link_gbs, request_overhead_ms=request_overhead_ms,
+        max_model_len=max_model_len,
     )
     try:
         if quiet:
@@ -382,6 +385,7 @@ def bench(
     classes: str | None = ClassesOpt,
     arrival: str = ArrOpt,
     cv: float = CvOpt,
+    max_model_len: int | None = MaxLenOpt,
     keys: str | None = typer.Option(None, "--keys", help="API key per class: 'high=sk-1,low=sk-2'."),
     model: str = typer.Option("proserve-emulated", "--model", help="Model id to request."),
     prompt_format: str = typer.Option("ids", "--prompt-format", help="ids (token-id prompts: exact lengths) | text."),
@@ -412,11 +416,11 @@ def bench(
             _fail(f"--keys expects class=key pairs, got {item!r}")
         key_map[c.strip()] = k.strip()
     sim_cfg = _config(trace=trace, rate=rate, duration=duration, count=count, profile=profile,
-                      seed=seed, classes=classes, arrival=arrival, cv=cv)
+                      seed=seed, classes=classes, arrival=arrival, cv=cv, max_model_len=max_model_len)
     try:
         reqs, info = make_workload(trace, rate=rate, duration=duration, count=count,
                                    classes=classes, model=_load_model(sim_cfg), seed=seed,
-                                   arrival=arrival, cv=cv)
+                                   arrival=arrival, cv=cv, max_model_len=max_model_len)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     unknown = set(key_map) - {r.cls for r in reqs}
@@ -456,6 +460,7 @@ def fit_cmd(
     block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
     name: str = typer.Option("custom", "--name", help="Profile name."),
     holdout: float = typer.Option(0.2, "--holdout", help="Fraction of points held out to report the fit error."),
+    reference_form: bool = typer.Option(False, "--reference-form", help="Fit the paper's form: no per-prefill cost c5, c0 = mean of the two intercepts."),
     seed: int = SeedOpt,
 ) -> None:
     """Fit the ProServe latency model (NNLS) to profiled points and write a profile file."""
@@ -466,12 +471,12 @@ def fit_cmd(
     try:
         pts = read_points_csv(points)
         rep = fit_report(pts, holdout=holdout, seed=seed, kv_blocks=kv_blocks,
-                         block_size=block_size, name=name)
+                         block_size=block_size, name=name, prefill_overhead=not reference_form)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     save_profile(rep.model, out, provenance=(
         f"Fitted by `proserve fit {points} --kv-blocks {kv_blocks} --block-size {block_size} "
-        f"--holdout {holdout} --seed {seed}` on {len(rep.train)} points; held-out error measured on "
+        f"--holdout {holdout} --seed {seed}{' --reference-form' if reference_form else ''}` on {len(rep.train)} points; held-out error measured on "
         f"{len(rep.test)} points."))
     _print_fit(rep, out)
 

@@ -146,13 +146,14 @@ def split_holdout(points: Sequence[ProfilePoint], holdout: float,
 
 
 def fit_report(points: Sequence[ProfilePoint], *, holdout: float, seed: int, kv_blocks: int,
-               block_size: int, name: str) -> FitReport:
+               block_size: int, name: str, prefill_overhead: bool = True) -> FitReport:
     """Fit on the training split; report mean and p90 absolute % error on both splits.
 
     With ``holdout == 0`` the held-out error is the training error (and says so by ``n``).
     """
     train, test = split_holdout(points, holdout, seed)
-    model = LatencyModel.fit(train, kv_blocks=kv_blocks, block_size=block_size, name=name)
+    model = LatencyModel.fit(train, kv_blocks=kv_blocks, block_size=block_size, name=name,
+                             prefill_overhead=prefill_overhead)
     err_train = fit_error(model, train)
     err_test = fit_error(model, test) if test else err_train
     model.meta["fit_error"] = {"held_out": err_test, "train": err_train}
