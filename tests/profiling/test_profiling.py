@@ -188,9 +188,9 @@ def test_request_overhead_shifts_ttft_by_exactly_that_much() -> None:
         return r
 
     a, b = run(0.0), run(0.004)
-    assert b.ttft == pytest.approx(a.ttft + 0.004, abs=1e-12)
-    assert b.tpot == pytest.approx(a.tpot, abs=1e-12)
-    assert a.ttft == pytest.approx(TRUE.unloaded_ttft(300), rel=1e-9)
+    assert b.ttft() == pytest.approx(a.ttft() + 0.004, abs=1e-12)
+    assert b.tpot() == pytest.approx(a.tpot(), abs=1e-12)
+    assert a.ttft() == pytest.approx(TRUE.unloaded_ttft(300), rel=1e-9)
     with pytest.raises(ValueError):
         simulate([Request(0, 0.0, 10, 2, ttft_slo=1, tpot_slo=1)],
                  [make_scheduler("vllm-fcfs", TRUE)], ingress_s=-1)

@@ -76,7 +76,8 @@ class ProfileGrid:
 
     def prefill_shapes(self) -> list[tuple[int, int]]:
         """(q, p): chunk sizes x cached prefixes (0 and three fractions of max_len)."""
-        qs = _geometric(self.min_q, min(self.max_chunk, self.max_len))
+        hi = min(self.max_chunk, self.max_len)
+        qs = _geometric(max(1, min(self.min_q, hi // 4)), hi)  # >= 4 chunk sizes, even tiny
         ps = sorted({0, self.max_len // 8, self.max_len // 4, self.max_len // 2})
         if not self.cached_prefill:
             ps = [0]
@@ -85,7 +86,7 @@ class ProfileGrid:
     def decode_shapes(self) -> list[tuple[int, int]]:
         """(batch, context): batch sizes x contexts from 32 tokens to most of max_len."""
         bs = _geometric(1, self.max_batch, 2.0 if self.max_batch > 64 else 1.5)
-        ctx = _geometric(32, self.max_len * 3 // 4, 2.0)
+        ctx = _geometric(min(32, self.max_len // 8), self.max_len * 3 // 4, 2.0)
         return [(b, c) for b in bs for c in ctx]
 
     def size(self) -> int:
