@@ -47,12 +47,13 @@ from typing import Any
 
 import yaml
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
-from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
 
 from ...core.classes import parse_classes
 from ...core.request import Request
 from ...engine.base import make_scheduler
 from ...latency.profiles import load_profile
+from .queue import RankedWaitingQueue
 
 _SUPPORTED = "0.32"  # the vLLM minor version the plug-in is written and tested against
 logger = logging.getLogger(__name__)
@@ -85,10 +86,11 @@ class ProServeScheduler(AsyncScheduler):
                            "scheduler internals it relies on may differ", _SUPPORTED,
                            vllm.__version__)
         cfg = _load_config()
-        # Our ranks travel through vLLM's priority machinery, so priority mode is required.
-        if self.policy != SchedulingPolicy.PRIORITY:
-            self.policy = SchedulingPolicy.PRIORITY
-            self.waiting = create_request_queue(self.policy)
+        # Our ranks travel through vLLM's priority machinery (KV-pressure preemption picks the
+        # worst-ranked running request), so priority mode is required; the waiting queue is
+        # ours, served in SlideBatching order (queue.py says why not vLLM's heap).
+        self.policy = SchedulingPolicy.PRIORITY
+        self.waiting = RankedWaitingQueue()
         self.latency_model = load_profile(cfg.get("profile", "llama3.1-8b@h100"))
         self.classes = parse_classes(cfg.get("classes"))
         self.by_name = {c.name: c for c in self.classes}
@@ -101,6 +103,8 @@ class ProServeScheduler(AsyncScheduler):
         self.configured_token_budget = self.max_num_scheduled_tokens
         self.shadows: dict[str, Request] = {}
         self._seen: dict[str, tuple[int, int]] = {}  # request id -> (computed, generated)
+        self._req_of: dict[int, Any] = {}  # id(shadow) -> vLLM request
+        self._dirty: dict[str, Any] = {}  # new or preempted requests to (re)mirror
         self.user_priority: dict[str, int] = {}
         self.proserve_preemptions = 0
         self._ids = 0
@@ -109,7 +113,25 @@ class ProServeScheduler(AsyncScheduler):
     def add_request(self, request: Any) -> None:
         # remember the API priority before our ranks overwrite it
         self.user_priority.setdefault(request.request_id, int(request.priority))
+        self._dirty[request.request_id] = request
         super().add_request(request)
+
+    def _preempt_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        super()._preempt_request(request, *args, **kwargs)
+        self._dirty[request.request_id] = request  # its computed tokens were reset
+
+    def _forget(self, rid: str) -> None:
+        sh = self.shadows.pop(rid, None)
+        if sh is not None:
+            self.slide.table.remove(sh)
+            self._req_of.pop(id(sh), None)
+        self.user_priority.pop(rid, None)
+        self._seen.pop(rid, None)
+        self._dirty.pop(rid, None)
+
+    def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        self._forget(request.request_id)
+        return super()._free_request(request, *args, **kwargs)
 
     def _shadow(self, req: Any) -> Request:
         sh = self.shadows.get(req.request_id)
@@ -131,70 +153,60 @@ class ProServeScheduler(AsyncScheduler):
                          weight=float(x.get("weight", cls.weight)), priority=cls.rank,
                          cls=str(x.get("class", cls.name)))
             self.shadows[req.request_id] = sh
+            self._req_of[id(sh)] = req
             self.slide.table.add(sh)
         sh.generated = min(int(req.num_output_tokens), sh.output_len)
         sh.computed = min(int(req.num_computed_tokens), sh.prompt_len + sh.generated)
         return sh
 
-    def _waiting_list(self) -> list[Any]:
-        """The waiting requests in no particular order. vLLM's priority queue iterates by
-        popping a copy of its heap (n log n Python comparisons), which at ~1,000 queued requests
-        took longer than a tiny model's step; its backing list is read directly instead."""
-        heap = getattr(self.waiting, "_heap", None)
-        return heap if heap is not None else list(self.waiting)
+    def _sync(self) -> int:
+        """Mirror vLLM's live requests into shadows; returns how many are live.
 
-    def _sync(self) -> list[Any]:
-        """Mirror vLLM's live requests; only those whose progress changed are rewritten (a
-        queued request's deadline and cost do not move while it waits), so a long waiting queue
-        costs one tuple comparison per request and step."""
-        live = [*self.running, *self._waiting_list()]
-        if len(self.shadows) > len(live):
-            alive = {r.request_id for r in live}
+        Per step this touches the running requests (their progress moves) and the new or
+        preempted ones (``_dirty``); a queued request's deadline and cost do not move while it
+        waits, so the waiting queue costs nothing here. Finished requests leave through
+        ``_free_request``; a full sweep runs only if the counts disagree (a request that left
+        another way, e.g. into vLLM's KV-holding queue).
+        """
+        running = self.running
+        n_live = len(running) + len(self.waiting)
+        if len(self.shadows) > n_live + len(self._dirty):
+            alive = {r.request_id for r in running} | {
+                r.request_id for r in self.waiting.requests()}
             for rid in [k for k in self.shadows if k not in alive]:
-                self.slide.table.remove(self.shadows.pop(rid))
-                self.user_priority.pop(rid, None)
-                self._seen.pop(rid, None)
+                self._forget(rid)
         seen = self._seen
         changed = []
-        for r in live:
+        for r in (*running, *self._dirty.values()):
+            if r.is_finished():
+                continue
             key = (r.num_computed_tokens, r.num_output_tokens)
             if seen.get(r.request_id) != key:
                 seen[r.request_id] = key
                 changed.append(self._shadow(r))
+        self._dirty.clear()
         self.slide.table.refresh_many(changed)
-        return live
+        return n_live
 
     # ------------------------------------------------------------------ scheduling
     def schedule(self, *args: Any, **kwargs: Any):
-        live = self._sync()
-        if live:
+        if self._sync():
             now = time.time()  # vLLM's arrival_time clock
             order, budget = self.slide.ordered(now)
-            rank = {id(sh): i for i, sh in enumerate(order)}
-            shadows = self.shadows
-            # vLLM compares priorities within one queue only (admission pops the waiting heap;
-            # KV-pressure preemption picks the worst *running* request), so global ranks work
-            # as priorities in both. The waiting heap is re-heapified only when some waiting
-            # request's rank moved relative to the others: re-heapifying ~1,000 queued vLLM
-            # requests (Python comparisons) every step cost more than a tiny model's step.
-            for r in self.running:
-                r.priority = rank[id(shadows[r.request_id])]
+            req_of, queued = self._req_of, self.waiting
+            ranked_waiting = []
+            # one pass: every request's rank becomes its vLLM priority (vLLM compares them
+            # among running requests for KV-pressure preemption); the waiting ones, in order,
+            # become the waiting queue's order
+            for i, sh in enumerate(order):
+                r = req_of.get(id(sh))
+                if r is None:
+                    continue
+                r.priority = i
+                if r in queued:
+                    ranked_waiting.append(r)
             self.running.sort(key=lambda r: r.priority)
-            heap = getattr(self.waiting, "_heap", None)
-            waiting = self._waiting_list()
-            moved = False
-            prev = -1
-            for r in sorted(waiting, key=lambda r: rank[id(shadows[r.request_id])]):
-                if r.priority <= prev:
-                    moved = True
-                prev = r.priority
-            if moved or heap is None:
-                for r in waiting:
-                    r.priority = rank[id(shadows[r.request_id])]
-                if heap is not None:
-                    import heapq
-
-                    heapq.heapify(heap)
+            self.waiting.set_order(ranked_waiting)
             self._preempt_for_waiting(now)
             if self.use_latency_budget:
                 self.max_num_scheduled_tokens = self._token_budget(budget)
