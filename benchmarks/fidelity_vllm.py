@@ -26,10 +26,10 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from _common import loadavg, start_vllm_cpu, stop_all, table
+from _common import loadavg, stop_all, table
+from proserve.core.metrics import summarize
 from proserve.engine import make_scheduler
+from proserve.integrations.vllm.launch import start_tiny_server, write_tiny_model
 from proserve.latency.profiles import load_profile
 from proserve.profiling import ProfileGrid, profile
 from proserve.profiling.server import ServerBackend
@@ -49,12 +49,10 @@ def workload(model, rate: float, seconds: float, seed: int):
 
 
 def stats(reqs) -> dict[str, float]:
-    """Median and p90 of per-request TTFT and TPOT (requests that produced them)."""
-    ttft = np.array([r.ttft() for r in reqs if r.generated > 0])
-    tpot = np.array([r.tpot() for r in reqs if r.generated > 1])
-    return {"n": len(ttft), "ttft_p50": float(np.median(ttft)),
-            "ttft_p90": float(np.percentile(ttft, 90)), "tpot_p50": float(np.median(tpot)),
-            "tpot_p90": float(np.percentile(tpot, 90))}
+    """Median and p90 of per-request TTFT and TPOT, as `simulate` and `bench` report them."""
+    s = summarize(reqs)
+    return {"n": s["requests"] - s["unfinished"] - s["rejected"],
+            **{k: s[k] for k in ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")}}
 
 
 def main() -> None:
@@ -70,7 +68,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     rates = [float(x) for x in a.rates.split(",") if x]
-    tmp = Path(tempfile.mkdtemp(prefix="proserve-fidelity-"))
+    tmp = write_tiny_model(tempfile.mkdtemp(prefix="proserve-fidelity-"))
     limits = {"max_num_seqs": a.max_num_seqs, "max_num_batched_tokens": a.max_batched_tokens}
     flags = ["--max-num-seqs", str(a.max_num_seqs),
              "--max-num-batched-tokens", str(a.max_batched_tokens)]
@@ -88,8 +86,8 @@ def main() -> None:
             cfg.write_text(f"classes: '{CLASSES}'\npolicy: {plugin_policy}\n"
                            f"profile: {tmp / 'vllm-fcfs.yaml'}\n")
             env["PROSERVE_PLUGIN_CONFIG"] = str(cfg)
-        proc = start_vllm_cpu(a.venv, str(tmp), a.port, [*flags, *extra], env,
-                              log=str(tmp / f"{sim_policy}.log"))
+        proc = start_tiny_server(a.venv, tmp, a.port, [*flags, *extra], env=env,
+                                 log=tmp / f"{sim_policy}.log")
         url = f"http://127.0.0.1:{a.port}"
         try:
             backend = ServerBackend(url, repeats=3, seed=a.seed)

@@ -79,6 +79,8 @@ def test_summarize_overall_and_per_class() -> None:
         pytest.approx(s["goodput_rps"]))
     assert s["ttft_p50"] == pytest.approx((0.5 + 2.0) / 2)
     assert s["token_deadline_attainment"] == pytest.approx(4 / 12)
+    assert s["ttft_attainment"] == pytest.approx(1 / 3)  # a's first token only
+    assert s["per_class"]["low"]["ttft_attainment"] == 0.0
 
 
 def test_parse_classes_default_and_errors() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -11,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from proserve.cli import app
+from proserve.integrations.vllm.launch import write_tiny_model
 from proserve.latency.profiles import load_profile
 
-from .conftest import ROOT, TINY_LLAMA, VENV
+from .conftest import ROOT, VENV
 
 pytestmark = pytest.mark.vllm
 
@@ -61,9 +61,7 @@ def test_profile_offline_llm(tmp_path: Path) -> None:
     # proserve's own dependencies that vLLM does not bring (the fit needs scipy)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "scipy"], check=True,
                    timeout=600)
-    model = tmp_path / "tiny"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(TINY_LLAMA))
+    model = write_tiny_model(tmp_path / "tiny")
     out = tmp_path / "off.yaml"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "VLLM_CPU_KVCACHE_SPACE": "1"}
     args = ["profile", "--offline", str(model), "--out", str(out), "--max-len", "512",

@@ -59,6 +59,7 @@ def summarize_group(
         "tdg_max": max_gain,
         "tdg_ratio": gain / max_gain if max_gain > 0 else 0.0,
         "slo_attainment": float(slo.mean()),
+        "ttft_attainment": float(first_ok.mean()),  # first token within the TTFT SLO
         "token_deadline_attainment": (
             tokens_on_time / float(out_len.sum()) if out_len.sum() else 0.0
         ),

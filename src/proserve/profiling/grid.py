@@ -41,6 +41,17 @@ class ProfileBackend(Protocol):
         """Release the model or connections."""
 
 
+def random_tokens(rng: np.random.Generator, n: int) -> list[int]:
+    """``n`` random token ids in [10, 1000): valid in any vocabulary of 1,000+ tokens, and
+    different per request, so an engine's prefix cache serves nothing by accident."""
+    return rng.integers(10, 1000, n).tolist()
+
+
+def decode_prompt_len(context: int, new_tokens: int) -> int:
+    """Prompt length that puts a decode run of ``new_tokens`` steps at mean context ``context``."""
+    return max(context - new_tokens // 2, 1)
+
+
 def _geometric(lo: int, hi: int, step: float = 1.5) -> list[int]:
     """Integers from ``lo`` to ``hi`` (both included) growing by ``step``, deduplicated."""
     out: list[int] = []

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-_TOKEN_LO, _TOKEN_HI = 10, 1000
+from .grid import decode_prompt_len, random_tokens
 
 
 class OfflineBackend:
@@ -51,8 +51,7 @@ class OfflineBackend:
                             f"{self.blocks} KV blocks of {self.block_size}; median of {repeats}")
 
     def _prompts(self, n: int, length: int) -> list[dict[str, list[int]]]:
-        return [{"prompt_token_ids": self._rng.integers(_TOKEN_LO, _TOKEN_HI, length).tolist()}
-                for _ in range(n)]
+        return [{"prompt_token_ids": random_tokens(self._rng, length)} for _ in range(n)]
 
     def _gen(self, prompts: list[dict[str, list[int]]], max_tokens: int) -> float:
         sp = self._sp(max_tokens=max_tokens, ignore_eos=True, detokenize=False)
@@ -72,7 +71,7 @@ class OfflineBackend:
 
     def _decode_once(self, batch: int, context: int) -> float:
         n = self.decode_tokens
-        plen = max(context - n // 2, 1)
+        plen = decode_prompt_len(context, n)
         base = self._gen(self._prompts(batch, plen), 1)
         full = self._gen(self._prompts(batch, plen), 1 + n)
         return max(full - base, 1e-9) / n

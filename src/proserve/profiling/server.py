@@ -26,14 +26,12 @@ cost and not first-token latency was checked: with one stream decoding and 1-tok
 arriving back to back, an iteration holding a 16-token prefill took 3.84 ms against 1.78 ms for
 a pure decode step (the window's time over its iterations).
 
-Random token ids are drawn from ``[10, 1000)``, valid for any vocabulary of at least 1,000 tokens,
-and unique per request so nothing is cached by accident.
+Prompts are random token ids (:func:`.grid.random_tokens`), so nothing is cached by accident.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from typing import Any
@@ -42,9 +40,8 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..serve.openai import chunk_tokens
-
-_TOKEN_LO, _TOKEN_HI = 10, 1000
+from ..serve.openai import IncompleteStream, chunk_tokens, sse_json
+from .grid import decode_prompt_len, random_tokens
 
 
 def scrape(text: str) -> dict[str, Any]:
@@ -128,7 +125,7 @@ class ServerBackend:
             return scrape(await r.text())
 
     def _tokens(self, n: int) -> list[int]:
-        return self._rng.integers(_TOKEN_LO, _TOKEN_HI, n).tolist()
+        return random_tokens(self._rng, n)
 
     async def _complete(self, prompt: list[int], max_tokens: int,
                         stamps: list[tuple[float, int]] | None = None) -> None:
@@ -139,15 +136,15 @@ class ServerBackend:
         async with s.post(self.url + "/v1/completions", json=body) as r:
             if r.status != 200:
                 raise RuntimeError(f"{self.url}: HTTP {r.status}: {(await r.text())[:300]}")
-            async for line in r.content:
-                if not line.startswith(b"data: ") or line[6:].strip() == b"[DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    raise RuntimeError(f"{self.url}: stream error: {chunk['error']}")
-                n = sum(chunk_tokens(c) for c in chunk.get("choices") or ())
-                if stamps is not None and n:
-                    stamps.append((time.monotonic(), n))
+            try:
+                async for chunk in sse_json(r.content):
+                    if "error" in chunk:
+                        raise RuntimeError(f"{self.url}: stream error: {chunk['error']}")
+                    n = sum(chunk_tokens(c) for c in chunk.get("choices") or ())
+                    if stamps is not None and n:
+                        stamps.append((time.monotonic(), n))
+            except IncompleteStream:
+                raise RuntimeError(f"{self.url}: a stream ended before [DONE]") from None
 
     # ------------------------------------------------------------------ measurements
     async def _prefill_once(self, q: int, p: int) -> float:
@@ -178,7 +175,7 @@ class ServerBackend:
 
     async def _decode_once(self, batch: int, context: int) -> float:
         n = self.decode_tokens
-        plen = max(context - n // 2, 1)
+        plen = decode_prompt_len(context, n)
         stamps: list[list[tuple[float, int]]] = [[] for _ in range(batch)]
         await asyncio.gather(*(self._complete(self._tokens(plen), n, st) for st in stamps))
         if any(not st for st in stamps):

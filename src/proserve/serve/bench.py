@@ -17,7 +17,6 @@ text`` sends words instead for endpoints that only take text. Classes map to API
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import aiohttp
 
 from ..core.metrics import clean_floats, summarize
 from ..core.request import Request, Status
-from .openai import chunk_tokens
+from .openai import IncompleteStream, chunk_tokens, sse_json
 
 
 @dataclass
@@ -87,15 +86,7 @@ async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0:
                 outcome.code = str(resp.status)
                 outcome.detail = (await resp.text())[:300]
                 return
-            done = False
-            async for line in resp.content:
-                if not line.startswith(b"data: "):
-                    continue
-                payload = line[6:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                    break
-                chunk = json.loads(payload)
+            async for chunk in sse_json(resp.content):
                 if "error" in chunk:
                     outcome.code = "stream_error"
                     outcome.detail = str(chunk["error"].get("message", ""))[:300]
@@ -105,8 +96,8 @@ async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0:
                     for _ in range(chunk_tokens(ch)):
                         if r.generated < r.output_len:
                             r.emit_token(t)
-            if not done:
-                outcome.code = "truncated"
+    except IncompleteStream:
+        outcome.code = "truncated"
     except asyncio.TimeoutError:
         outcome.code = "timeout"
     except (aiohttp.ClientError, OSError, ValueError) as e:

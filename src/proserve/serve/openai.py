@@ -6,6 +6,8 @@ JSON shape ``{"error": {"message", "type", "param", "code"}}`` with the right HT
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Literal
 
 from aiohttp import web
@@ -79,6 +81,27 @@ def prompt_tokens(req: CompletionRequest | ChatRequest) -> int:
             str(part.get("text", "")) for part in (c or []) if isinstance(part, dict))
         total += 4 + len(text) // 4  # per-message template overhead, as chat templates add
     return max(1, total)
+
+
+class IncompleteStream(Exception):
+    """An SSE stream that closed without its final ``data: [DONE]``."""
+
+
+async def sse_json(lines: AsyncIterable[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of an OpenAI-style SSE stream (client side: bench, profiler).
+
+    Stops at ``data: [DONE]``; raises :class:`IncompleteStream` if the stream ends before it and
+    ``ValueError`` on a chunk that is not JSON. Error chunks (``{"error": ...}``) are yielded for
+    the caller to judge.
+    """
+    async for line in lines:
+        if not line.startswith(b"data: "):
+            continue
+        payload = line[6:].strip()
+        if payload == b"[DONE]":
+            return
+        yield json.loads(payload)
+    raise IncompleteStream("stream ended before [DONE]")
 
 
 def chunk_tokens(choice: dict[str, Any]) -> int:
