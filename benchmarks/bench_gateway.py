@@ -70,9 +70,10 @@ def main() -> None:
     cli = [sys.executable, "-m", "proserve.cli"]
     tmp = Path(tempfile.mkdtemp(prefix="proserve-gw-bench-"))
     emu, gw, lite = a.port, a.port + 1, a.port + 2
+    classes = "default:w=1,ttft=10s,tpot=10s"  # the gateway's and the engine's
     (tmp / "gw.json").write_text(json.dumps({
         "model": MODEL, "port": gw, "router": "go",
-        "classes": "default:w=1,ttft=10s,tpot=10s",
+        "classes": classes,
         "class_settings": {"default": {"queue_timeout_s": 0}},
         "backends": [{"url": f"http://127.0.0.1:{emu}", "kind": "proserve"}],
         "tenants": [{"name": "bench", "api_keys": ["k-bench"], "class": "default"}]}))
@@ -85,7 +86,8 @@ def main() -> None:
         "      api_key: none\n"
         "litellm_settings:\n  drop_params: true\n"
         "general_settings:\n  master_key: sk-lite-bench-0123456789\n")
-    procs = [subprocess.Popen(cli + ["emulate", "--port", str(emu)], stderr=subprocess.DEVNULL)]
+    procs = [subprocess.Popen(cli + ["emulate", "--port", str(emu), "--classes", classes],
+                              stderr=subprocess.DEVNULL)]
     targets = {"direct": (f"http://127.0.0.1:{emu}", None)}
     try:
         wait_up(f"http://127.0.0.1:{emu}/health")

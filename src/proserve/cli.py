@@ -310,7 +310,8 @@ def emulate(
     policy_arg: list[str] | None = PArgOpt,
     profile: str = ProfileOpt,
     kv_blocks: int | None = KvOpt,
-    classes: str | None = typer.Option(None, "--classes", help="Classes by rank: request `priority` p selects class p (lower = more urgent)."),
+    classes: str | None = typer.Option(None, "--classes", help="Classes by rank: request `priority` p selects class p (lower = more urgent). Behind a gateway, use the gateway's classes."),
+    field_limits: str | None = typer.Option(None, "--field-limits", help="Allowed vllm_xargs ranges, e.g. 'weight=1:4,ttft_slo_ms=100:,tpot_slo_ms=10:'. Default: weight within the classes' weights, SLOs no tighter than the tightest class's."),
     model_name: str = typer.Option("proserve-emulated", "--model-name", help="Model id served."),
     max_model_len: int = typer.Option(8192, "--max-model-len", help="Prompt + output token limit."),
     time_scale: float = typer.Option(1.0, "--time-scale", help="Wall seconds per engine second (0.1 = 10x faster)."),
@@ -319,6 +320,7 @@ def emulate(
     import asyncio
 
     from .core.classes import SpecError, parse_classes
+    from .core.sched_fields import FieldLimits
     from .engine.base import policy_spec
     from .latency.profiles import load_profile
     from .serve.emulator import EmulatorConfig, serve
@@ -330,11 +332,13 @@ def emulate(
     try:
         policy_spec(policy)
         parse_classes(classes)
+        FieldLimits.parse(field_limits)
         load_profile(profile)
     except (ValueError, SpecError) as e:
         _fail(str(e))
     cfg = EmulatorConfig(model_name=model_name, policy=policy, policy_args=_policy_args(policy_arg),
                          profile=profile, kv_blocks=kv_blocks, classes=classes,
+                         field_limits=field_limits,
                          max_model_len=max_model_len, time_scale=time_scale)
     err.print(f"emulating {instances} x {policy} on {profile} at http://{host}:{port}"
               + (f"..{port + instances - 1}" if instances > 1 else "") + " (Ctrl-C to stop)")

@@ -207,10 +207,20 @@ def test_slo_fields_from_vllm_xargs() -> None:
             a, b = seen
             assert (a.cls, a.weight) == ("std", 1.0)  # priority 5 clamps to the last class
             assert (b.cls, b.weight, b.ttft_slo, b.tpot_slo) == ("gold", 3.0, 0.3, 0.04)
-            await c.post("/v1/completions", json={
-                "model": MODEL, "prompt": "x", "max_tokens": 2, "priority": 0,
-                "vllm_xargs": {"class": "gateway-vip", "weight": 8}})
-            assert (seen[2].cls, seen[2].weight, seen[2].priority) == ("gateway-vip", 8.0, 0)
+            # never trusted as sent: unknown classes and out-of-range values get 400, named
+            bad = [({"class": "gateway-vip"}, "vllm_xargs.class"),
+                   ({"weight": 8}, "vllm_xargs.weight"),  # above the heaviest class (4)
+                   ({"weight": 0.5}, "vllm_xargs.weight"),  # below the lightest (1)
+                   ({"ttft_slo_ms": 1}, "vllm_xargs.ttft_slo_ms"),  # tighter than gold's 300
+                   ({"tpot_slo_ms": "fast"}, "vllm_xargs.tpot_slo_ms"),
+                   ({"tpot_slo_ms": -3}, "vllm_xargs.tpot_slo_ms")]
+            for x, param in bad:
+                r = await c.post("/v1/completions", json={
+                    "model": MODEL, "prompt": "x", "max_tokens": 2, "vllm_xargs": x})
+                d = await r.json()
+                assert r.status == 400 and d["error"]["param"] == param, (x, d)
+                assert param in d["error"]["message"]
+            assert len(seen) == 2  # none of them reached the engine
         finally:
             await c.close()
     run(go())

@@ -16,6 +16,7 @@ from proserve.serve.gateway import Gateway, TokenBucket
 from proserve.serve.gateway_config import GatewayConfig, load_gateway_config
 
 MODEL = "proserve-emulated"
+CLASSES = "gold:w=4;silver:w=2;bronze:w=1;scrap:w=0.5,ttft=1ms"  # the gateway's and engines'
 GOLD = {"Authorization": "Bearer k-gold"}
 BRONZE = {"Authorization": "Bearer k-bronze"}
 
@@ -38,7 +39,7 @@ async def server(app: web.Application) -> TestServer:
 async def gateway_for(urls: list[str], **over) -> tuple[Gateway, TestClient]:
     doc = {
         "model": MODEL,
-        "classes": "gold:w=4;silver:w=2;bronze:w=1;scrap:w=0.5,ttft=1ms",
+        "classes": CLASSES,
         "class_settings": {"scrap": {"queue_timeout_s": 0, "sheddable": True}},
         "backends": [{"url": u, "kind": "proserve"} for u in urls],
         "tenants": [
@@ -57,6 +58,7 @@ async def gateway_for(urls: list[str], **over) -> tuple[Gateway, TestClient]:
 
 
 async def emulators(n: int, **kw) -> tuple[list[EmulatedEngine], list[TestServer]]:
+    kw.setdefault("classes", CLASSES)  # engines behind a gateway define the gateway's classes
     engines = [EmulatedEngine(EmulatorConfig(time_scale=0.02, **kw), i) for i in range(n)]
     servers = [await server(e.app()) for e in engines]
     return engines, servers
@@ -114,7 +116,7 @@ def test_keys_escalation_and_bad_bodies() -> None:
 
 def test_streaming_priority_propagation_and_metrics() -> None:
     async def go():
-        engines, servers = await emulators(2, classes="gold:w=4;silver:w=2;bronze:w=1;scrap")
+        engines, servers = await emulators(2)
         seen = []
         for e in engines:
             orig = e.loop.submit
@@ -303,31 +305,11 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     assert len(cfg.backends) == 2 and {t.class_ for t in cfg.tenants} == {"interactive", "batch"}
 
 
-def test_priority_is_spelled_per_backend_kind() -> None:
-    cfg = GatewayConfig.model_validate({
-        "classes": "a:w=4,ttft=1s,tpot=50ms;b:w=2;c:w=1",
-        "backends": [{"url": "http://127.0.0.1:1", "kind": k} for k in ("vllm", "sglang",
-                                                                         "proserve")],
-        "tenants": [{"name": "t", "api_keys": ["k"], "class": "a"}]})
-    gw = Gateway(cfg)
-    from proserve.core.request import Request
-
-    r = Request(1, 0.0, 10, 5, ttft_slo=1.0, tpot_slo=0.05, weight=4.0, priority=0, cls="a")
-    raw = {"model": MODEL, "prompt": "x", "vllm_xargs": {"keep": 1}}
-    vllm, sglang, ours = (gw._upstream_body(b, r, raw) for b in gw.backends)
-    assert vllm["priority"] == 0 and "vllm_xargs" in vllm and "class" not in vllm["vllm_xargs"]
-    assert sglang["priority"] == 2  # SGLang: higher = more urgent; the top of 3 classes
-    assert ours["priority"] == 0
-    assert ours["vllm_xargs"] == {"keep": 1, "class": "a", "weight": 4.0, "ttft_slo_ms": 1000.0,
-                                  "tpot_slo_ms": 50.0}
-    assert raw == {"model": MODEL, "prompt": "x", "vllm_xargs": {"keep": 1}}  # not mutated
-
-
 def test_graceful_shutdown_drains_in_flight_streams() -> None:
     from proserve.serve.gateway import serve_gateway
 
     async def go():
-        _, servers = await emulators(1)
+        _, servers = await emulators(1, classes=None)  # the gateway's default classes too
         import socket
 
         with socket.socket() as sk:

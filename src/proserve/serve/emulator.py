@@ -9,9 +9,10 @@ and not, ``max_tokens``, ``priority``, ``stream_options.include_usage``, ``vllm_
 llm-d-inference-sim it batches, prioritises and preempts, so fleet tests see real contention.
 
 Per-request class, weight and SLOs: ``priority`` (lower = more urgent, as in vLLM) selects the
-class of the same rank from ``--classes`` (clamped to the last class); ``vllm_xargs`` may override
-``weight``, ``ttft_slo_ms``, ``tpot_slo_ms`` and ``class`` (a class this server defines brings its
-rules; another name, e.g. a gateway's class, is kept as a label).
+class of the same rank from ``--classes`` (clamped to the last class); ``vllm_xargs`` may set
+``class`` (one this server defines), ``weight``, ``ttft_slo_ms`` and ``tpot_slo_ms`` within
+``--field-limits`` (default: no more weight than the heaviest class, no SLO tighter than the
+tightest class's). Anything else is refused with 400 naming the field (core/sched_fields.py).
 
 No tokenizer: token-id prompts are counted exactly, text at ~4 characters per token. Output is
 ``max_tokens`` tokens of placeholder text (the emulator never stops early).
@@ -40,6 +41,7 @@ from prometheus_client import (
 
 from ..core.classes import PriorityClass, parse_classes
 from ..core.request import Request, Status
+from ..core.sched_fields import FieldLimits, resolve_fields
 from ..engine.base import make_scheduler
 from ..latency.profiles import load_profile
 from .engine_loop import EngineFull, EngineLoop, TokenEvent
@@ -68,6 +70,7 @@ class EmulatorConfig:
     profile: str = "llama3.1-8b@h100"
     kv_blocks: int | None = None
     classes: str | None = None
+    field_limits: str | None = None  # FieldLimits spec for vllm_xargs weight/SLOs
     max_model_len: int = 8192
     default_max_tokens: int = 16
     time_scale: float = 1.0
@@ -84,6 +87,7 @@ class EmulatedEngine:
             model = model.with_kv_blocks(cfg.kv_blocks)
         self.model = model
         self.classes: list[PriorityClass] = parse_classes(cfg.classes)
+        self.limits = FieldLimits.parse(cfg.field_limits)
         self.scheduler = make_scheduler(cfg.policy, model, **cfg.policy_args)
         self.loop = EngineLoop(self.scheduler, time_scale=cfg.time_scale, on_step=self._on_step)
         self.registry = CollectorRegistry()
@@ -121,39 +125,15 @@ class EmulatedEngine:
 
     def _make_request(self, body: CompletionRequest | ChatRequest, p: int, n_out: int
                       ) -> Request | web.Response:
-        rank = min(max(body.priority, 0), len(self.classes) - 1)
-        cls = self.classes[rank]
-        x = body.vllm_xargs or {}
-        label = cls.name
-        if "class" in x:
-            # A class this server defines brings its weight and SLO rules; any other name (a
-            # gateway's own class) is kept as a label, with weight/SLOs from the other fields.
-            if not isinstance(x["class"], str) or not x["class"]:
-                return error(400, "vllm_xargs.class must be a non-empty string",
-                             param="vllm_xargs.class")
-            match = [c for c in self.classes if c.name == x["class"]]
-            if match:
-                cls = match[0]
-            label = x["class"]
         m = self.model
-        ttft = cls.ttft.resolve(m.unloaded_ttft(p))
-        tpot = cls.tpot.resolve(m.unloaded_tpot(p + n_out // 2))
-        weight = cls.weight
-        for key in ("weight", "ttft_slo_ms", "tpot_slo_ms"):
-            if key in x:
-                v = x[key]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                    return error(400, f"vllm_xargs.{key} must be a positive number",
-                                 param=f"vllm_xargs.{key}")
-                if key == "weight":
-                    weight = float(v)
-                elif key == "ttft_slo_ms":
-                    ttft = float(v) / 1000.0
-                else:
-                    tpot = float(v) / 1000.0
+        f = resolve_fields(self.classes, body.priority, body.vllm_xargs, self.limits,
+                           m.unloaded_ttft(p), m.unloaded_tpot(p + n_out // 2))
+        if f.problems:  # never trusted as sent: the first refused field, named
+            param, why = f.problems[0]
+            return error(400, f"{param}: {why}", param=param)
         return Request(id=self.loop.next_id(), arrival=0.0, prompt_len=p, output_len=n_out,
-                       ttft_slo=ttft, tpot_slo=tpot, weight=weight, priority=cls.rank,
-                       cls=label)
+                       ttft_slo=f.ttft_slo, tpot_slo=f.tpot_slo, weight=f.weight,
+                       priority=f.cls.rank, cls=f.label)
 
     # ------------------------------------------------------------------ handlers
     async def completions(self, request: web.Request) -> web.StreamResponse:

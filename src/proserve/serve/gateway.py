@@ -14,11 +14,13 @@ A request's life here:
    If even the chosen backend is predicted to miss the request's TTFT SLO, the request waits (a
    per-class queue, woken whenever a request completes) up to its class's ``queue_timeout_s``;
    sheddable classes get 429 + Retry-After at once instead.
-5. **Forwarding**: priority is spelled the way the backend wants it (vLLM: lower = more urgent;
-   SGLang: higher = more urgent; proserve: vLLM's field plus class/weight/SLOs in
-   ``vllm_xargs``). A backend failure before the first byte is retried on another backend; a
-   failure mid-stream ends the stream with an SSE error event. Either way the client gets a
-   response or an explicit error, never silence.
+5. **Forwarding**: every scheduling field the client sent (``priority``, ``priority_class``,
+   ``vllm_xargs`` class/weight/SLOs) is dropped and the gateway's own written instead, spelled
+   the way the backend wants it (vLLM and proserve: lower = more urgent plus class/weight/SLOs in
+   ``vllm_xargs`` for our plug-in and emulator; SGLang: higher = more urgent). A backend failure
+   before the first byte is retried on another backend; a failure mid-stream ends the stream
+   with an SSE error event. Either way the client gets a response or an explicit error, never
+   silence.
 6. **Metrics**: Prometheus ``/metrics`` labelled by tenant and class: requests by status, TTFT and
    TPOT histograms, SLO attainment and TDG gain counters, queue depth, sheds, retries, stream
    errors, backend health.
@@ -55,6 +57,7 @@ from ..cluster.base import NoHealthyInstance, make_router
 from ..cluster.view import InstanceView, decode_step, drain_time
 from ..core.classes import PriorityClass
 from ..core.request import Request, Status
+from ..core.sched_fields import gateway_xargs, scrub_client_fields
 from ..engine.base import EngineLoad
 from ..latency.model import LatencyModel
 from ..latency.profiles import load_profile
@@ -263,7 +266,6 @@ class Gateway:
                       tpot_slo=cls.tpot.resolve(m0.unloaded_tpot(p + n_out // 2)),
                       weight=cls.weight, priority=cls.rank, cls=cls.name, tenant=tenant.name)
         raw = body.model_dump(exclude_none=True, by_alias=True)
-        raw.pop("priority_class", None)
         try:
             resp = await self._forward(request, req, raw, path, body.stream)
         except asyncio.CancelledError:  # the client went away: count it, as nginx does, as 499
@@ -349,17 +351,18 @@ class Gateway:
                 self._queued[r.cls] -= 1
 
     def _upstream_body(self, b: Backend, r: Request, raw: dict[str, Any]) -> dict[str, Any]:
-        body = dict(raw)
-        n = len(self.classes)
+        """The body sent to backend ``b``: the client's, with every scheduling field it sent
+        dropped (``priority``, ``priority_class``, our ``vllm_xargs`` keys in any spelling) and
+        the gateway's own written instead, so what reaches the engine is the tenant's class."""
+        body = scrub_client_fields(raw)
         if b.kind == "sglang":
-            body["priority"] = n - 1 - r.priority  # SGLang: higher = more urgent
-        else:
-            body["priority"] = r.priority  # vLLM and ours: lower = more urgent
-        if b.kind == "proserve":
-            xargs = dict(body.get("vllm_xargs") or {})
-            xargs.update({"class": r.cls, "weight": r.weight,
-                          "ttft_slo_ms": r.ttft_slo * 1000, "tpot_slo_ms": r.tpot_slo * 1000})
-            body["vllm_xargs"] = xargs
+            body["priority"] = len(self.classes) - 1 - r.priority  # higher = more urgent
+            return body
+        # vLLM (with or without our plug-in) and our emulator: lower = more urgent, plus the
+        # fields our plug-in and emulator read (plain vLLM ignores unknown extra_args)
+        body["priority"] = r.priority
+        body["vllm_xargs"] = {**(body.get("vllm_xargs") or {}),
+                              **gateway_xargs(r.cls, r.weight, r.ttft_slo, r.tpot_slo)}
         return body
 
     # ------------------------------------------------------------------ forwarding

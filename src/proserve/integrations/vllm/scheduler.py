@@ -30,11 +30,16 @@ own ``schedule()`` runs:
 Per-request fields (OpenAI request body ``vllm_xargs``, which vLLM passes as
 ``SamplingParams.extra_args``): ``class`` (a class name from the config), ``weight``,
 ``ttft_slo_ms``, ``tpot_slo_ms``. Without them the request's ``priority`` integer selects the
-class of that rank (lower = more urgent, vLLM's convention). Config: a YAML file named by
+class of that rank (lower = more urgent, vLLM's convention). They are checked, never trusted as
+sent (core/sched_fields.py): an unknown class, or a weight or SLO outside ``field_limits``
+(default: no more weight than the heaviest class, no SLO tighter than the tightest class's), is
+replaced by the class's default with a warning. Put the gateway in front of a shared fleet: it
+overwrites these fields with each tenant's own. Config: a YAML file named by
 ``PROSERVE_PLUGIN_CONFIG`` with optional keys ``profile``, ``classes`` (a ``--classes`` spec),
 ``policy`` (``slide`` by default, or an ablation such as ``slide-nostarve``; see
 docs/BENCHMARKS.md for why that one matters under sustained overload), ``policy_args``,
-``latency_budget``, ``max_preempt_per_step``.
+``latency_budget``, ``max_preempt_per_step``, ``field_limits`` (e.g.
+``"weight=1:4,ttft_slo_ms=100:"``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 
 from ...core.classes import parse_classes
 from ...core.request import Request
+from ...core.sched_fields import FieldLimits, resolve_fields
 from ...engine.base import make_scheduler
 from ...latency.profiles import load_profile
 from .queue import RankedWaitingQueue
@@ -68,7 +74,7 @@ def _load_config() -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
     unknown = set(doc) - {"profile", "classes", "policy", "policy_args", "latency_budget",
-                          "max_preempt_per_step"}
+                          "max_preempt_per_step", "field_limits"}
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
     return doc
@@ -106,6 +112,9 @@ class ProServeScheduler(AsyncScheduler):
         self._req_of: dict[int, Any] = {}  # id(shadow) -> vLLM request
         self._dirty: dict[str, Any] = {}  # new or preempted requests to (re)mirror
         self.user_priority: dict[str, int] = {}
+        self.field_limits = FieldLimits.parse(cfg.get("field_limits"))
+        self.refused_fields = 0  # vllm_xargs fields replaced by class defaults
+        self._warned: set[str] = set()
         self.proserve_preemptions = 0
         self._ids = 0
 
@@ -137,21 +146,25 @@ class ProServeScheduler(AsyncScheduler):
         sh = self.shadows.get(req.request_id)
         if sh is None:
             x = (req.sampling_params.extra_args or {}) if req.sampling_params else {}
-            rank = min(max(self.user_priority.get(req.request_id, int(req.priority)), 0),
-                       len(self.classes) - 1)
-            cls = self.by_name.get(x.get("class"), self.classes[rank])
             m = self.latency_model
             p = int(req.num_prompt_tokens)
             out = int(getattr(req, "max_tokens", None) or 1)
-            ttft = float(x["ttft_slo_ms"]) / 1000 if "ttft_slo_ms" in x else (
-                cls.ttft.resolve(m.unloaded_ttft(p)))
-            tpot = float(x["tpot_slo_ms"]) / 1000 if "tpot_slo_ms" in x else (
-                cls.tpot.resolve(m.unloaded_tpot(p + out // 2)))
+            f = resolve_fields(self.classes, self.user_priority.get(req.request_id,
+                                                                     int(req.priority)),
+                               x, self.field_limits, m.unloaded_ttft(p),
+                               m.unloaded_tpot(p + out // 2))
+            for param, why in f.problems:  # never trusted as sent: the class's default instead
+                self.refused_fields += 1
+                if param not in self._warned:  # once per field, not once per request
+                    self._warned.add(param)
+                    logger.warning("proserve plug-in: request %s: %s: %s; using class %r's "
+                                   "default (further refusals of this field are counted in "
+                                   "refused_fields, not logged)", req.request_id, param, why,
+                                   f.cls.name)
             self._ids += 1
             sh = Request(id=self._ids, arrival=float(req.arrival_time), prompt_len=p,
-                         output_len=max(out, 1), ttft_slo=ttft, tpot_slo=tpot,
-                         weight=float(x.get("weight", cls.weight)), priority=cls.rank,
-                         cls=str(x.get("class", cls.name)))
+                         output_len=max(out, 1), ttft_slo=f.ttft_slo, tpot_slo=f.tpot_slo,
+                         weight=f.weight, priority=f.cls.rank, cls=f.label)
             self.shadows[req.request_id] = sh
             self._req_of[id(sh)] = req
             self.slide.table.add(sh)
