@@ -100,7 +100,7 @@ class ProServeScheduler(AsyncScheduler):
         self.latency_model = load_profile(cfg.get("profile", "llama3.1-8b@h100"))
         self.classes = parse_classes(cfg.get("classes"))
         self.by_name = {c.name: c for c in self.classes}
-        policy = cfg.get("policy", "slide")
+        policy = cfg.get("policy", "slide-bounded")
         if not policy.startswith("slide"):
             raise ValueError(f"plug-in policy must be a SlideBatching variant, got {policy!r}")
         self.slide = make_scheduler(policy, self.latency_model, **cfg.get("policy_args", {}))
@@ -129,12 +129,13 @@ class ProServeScheduler(AsyncScheduler):
         super()._preempt_request(request, *args, **kwargs)
         self._dirty[request.request_id] = request  # its computed tokens were reset
 
-    def _forget(self, rid: str) -> None:
+    def _forget(self, rid: str, finished: bool = True) -> None:
         sh = self.shadows.pop(rid, None)
         if sh is not None:
             self.slide.table.remove(sh)
             self._req_of.pop(id(sh), None)
-        self.user_priority.pop(rid, None)
+        if finished:  # one the sweep forgot may come back, its priority long overwritten by ranks
+            self.user_priority.pop(rid, None)
         self._seen.pop(rid, None)
         self._dirty.pop(rid, None)
 
@@ -168,7 +169,12 @@ class ProServeScheduler(AsyncScheduler):
             self.shadows[req.request_id] = sh
             self._req_of[id(sh)] = req
             self.slide.table.add(sh)
-        sh.generated = min(int(req.num_output_tokens), sh.output_len)
+        generated = min(int(req.num_output_tokens), sh.output_len)
+        if generated and sh.first_token_time < 0:
+            # SlideBatching's anchored decode deadlines start at the first token; vLLM's request
+            # does not carry its time, so take the time the plug-in first sees it
+            sh.first_token_time = time.time()
+        sh.generated = generated
         sh.computed = min(int(req.num_computed_tokens), sh.prompt_len + sh.generated)
         return sh
 
@@ -187,7 +193,7 @@ class ProServeScheduler(AsyncScheduler):
             alive = {r.request_id for r in running} | {
                 r.request_id for r in self.waiting.requests()}
             for rid in [k for k in self.shadows if k not in alive]:
-                self._forget(rid)
+                self._forget(rid, finished=False)
         seen = self._seen
         changed = []
         for r in (*running, *self._dirty.values()):
@@ -233,7 +239,10 @@ class ProServeScheduler(AsyncScheduler):
         if not self.waiting or not self.running:
             return
         best = self.waiting.peek_request()
-        best_class = self.shadows[best.request_id].priority
+        shadow = self.shadows.get(best.request_id)
+        if shadow is None:  # not mirrored yet (it re-entered without add_request): next step
+            return
+        best_class = shadow.priority
         pool = self.kv_cache_manager.block_pool
         need = -(-int(best.num_tokens) // self.block_size)
         for _ in range(self.max_preempt):
