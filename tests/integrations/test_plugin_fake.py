@@ -504,7 +504,9 @@ def test_config_defaults_without_a_file(plugin, clock, monkeypatch) -> None:
     assert (s.max_preempt, s.use_latency_budget) == (4, False)
     assert s.policy == fake_vllm.SchedulingPolicy.PRIORITY
     assert type(s.waiting).__name__ == "RankedWaitingQueue"
-    assert s.slide.tau_s == 1.0
+    # the recommended policy by default: no FCFS-collapsing guard, a bounded late share
+    assert s.slide.name == "slide-bounded" and s.slide.tau_s == float("inf")
+    assert s.slide.late_share > 0
 
 
 def test_config_policy_variant_and_its_arguments(mk) -> None:
