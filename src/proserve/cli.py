@@ -79,17 +79,19 @@ def summary_table(res: dict) -> Table:
     t = Table(title=f"{res['policy']} on {res['workload'].get('trace', '?')} "
                     f"({res['instances']} instance(s), {res.get('mode', 'colocated')}, "
                     f"router {res['router']}, profile {res['profile']})")
-    for col in ("class", "requests", "finished", "TDG ratio", "SLO attain", "goodput r/s",
-                "TTFT p50/p99 ms", "TPOT p50/p99 ms", "preempt"):
+    for col in ("class", "requests", "finished", "rejected", "TDG ratio", "SLO attain",
+                "goodput r/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "E2E p99 s",
+                "longest wait s", "preempt"):
         t.add_column(col, justify="right")
     rows = [("all", res)] + list(res["per_class"].items())
     for name, m in rows:
         t.add_row(
-            name, str(m["requests"]), str(m["finished"]), _fmt(m["tdg_ratio"], pct=True),
-            _fmt(m["slo_attainment"], pct=True), _fmt(m["goodput_rps"]),
+            name, str(m["requests"]), str(m["finished"]), str(m.get("rejected", 0)),
+            _fmt(m["tdg_ratio"], pct=True), _fmt(m["slo_attainment"], pct=True),
+            _fmt(m["goodput_rps"]),
             f"{_fmt(m['ttft_p50'], ms=True)}/{_fmt(m['ttft_p99'], ms=True)}",
             f"{_fmt(m['tpot_p50'], ms=True)}/{_fmt(m['tpot_p99'], ms=True)}",
-            str(m["preemptions"]),
+            _fmt(m.get("e2e_p99")), _fmt(m.get("max_wait_s")), str(m["preemptions"]),
         )
     return t
 
@@ -115,6 +117,8 @@ PInstOpt = typer.Option(None, "--prefill-instances", help="Prefill pool size (di
 DInstOpt = typer.Option(None, "--decode-instances", help="Decode pool size (disaggregated mode).")
 LinkOpt = typer.Option(50.0, "--kv-link-gbs", help="KV transfer bandwidth prefill->decode in GB/s (disaggregated mode).")
 PArgOpt = typer.Option(None, "--policy-arg", help="Policy parameter key=value (repeatable), e.g. lam=0.9.")
+NoiseOpt = typer.Option(0.05, "--latency-noise", help="Prediction error: each step takes the truth latency times seeded gamma noise of this CV (0 = exact). Default 0.05, the measured profiles' error.")
+TruthOpt = typer.Option(None, "--truth-profile", help="Profile the steps really take (default: --profile); policies and routers still plan with --profile.")
 
 
 @app.command()
@@ -123,7 +127,7 @@ def simulate(
     rate: float | None = RateOpt,
     duration: float | None = DurOpt,
     count: int | None = CountOpt,
-    policy: str = typer.Option("slide", "--policy", help="Engine scheduler (see `proserve policies`)."),
+    policy: str = typer.Option("slide-bounded", "--policy", help="Engine scheduler (see `proserve policies`); slide-bounded is the recommended one."),
     profile: str = ProfileOpt,
     seed: int = SeedOpt,
     classes: str | None = ClassesOpt,
@@ -144,6 +148,8 @@ def simulate(
     w_p: float = typer.Option(1.0, "--w-p", help="TDG weight of the first token."),
     w_d: float = typer.Option(1.0, "--w-d", help="TDG weight of each later token."),
     max_model_len: int | None = MaxLenOpt,
+    latency_noise: float = NoiseOpt,
+    truth_profile: str | None = TruthOpt,
     request_overhead_ms: float | None = typer.Option(None, "--request-overhead-ms", help="Fixed per-request latency outside the engine (API server, network), ms. Default: the profile's measured value (profiles from `proserve profile --server`), else 0."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
@@ -160,7 +166,7 @@ def simulate(
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
         kv_link_gbytes_s=kv_link_gbs, request_overhead_ms=request_overhead_ms,
-        max_model_len=max_model_len,
+        max_model_len=max_model_len, latency_noise=latency_noise, truth_profile=truth_profile,
     )
     try:
         if quiet:
@@ -190,7 +196,7 @@ def simulate(
 
 @app.command()
 def compare(
-    policies: str = typer.Option("vllm-fcfs,vllm-priority,sarathi-fcfs,sarathi-priority,vtc,fairbatching,slide,slide-nostarve",
+    policies: str = typer.Option("vllm-fcfs,vllm-priority,sarathi-fcfs,sarathi-priority,vtc,fairbatching,slide,slide-nostarve,slide-bounded",
                                  "--policies", help="Comma-separated policies."),
     rates: str = typer.Option(..., "--rates", help="Comma-separated request rates (req/s)."),
     trace: str = TraceOpt,
@@ -211,6 +217,8 @@ def compare(
     prefill_instances: int | None = PInstOpt,
     decode_instances: int | None = DInstOpt,
     kv_link_gbs: float = LinkOpt,
+    latency_noise: float = NoiseOpt,
+    truth_profile: str | None = TruthOpt,
     workers: int | None = typer.Option(None, "--workers", help="Parallel processes (default: CPU count)."),
     out: Path = typer.Option(Path("compare-out"), "--out", help="Output directory for results.csv, plot.png, results.json."),
 ) -> None:
@@ -229,7 +237,8 @@ def compare(
                    drain_s=drain, instances=instances, rate=rate_list[0],
                    tenant_classes=tenant_classes, view_interval_ms=view_interval, mode=mode,
                    prefill_instances=prefill_instances, decode_instances=decode_instances,
-                   kv_link_gbytes_s=kv_link_gbs)
+                   kv_link_gbytes_s=kv_link_gbs, latency_noise=latency_noise,
+                   truth_profile=truth_profile)
     router_list: list[str | None] = [r.strip() for r in routers.split(",") if r.strip()] if routers else [None]
     for p in pols:
         for rt in router_list:
@@ -258,6 +267,17 @@ def compare(
             cells.append(f"{100 * m['tdg_ratio']:.1f} ({100 * m['slo_attainment']:.1f})")
         t.add_row(series, *cells)
     out_console.print(t)
+    tt = Table(title="TTFT p99 s (longest wait s) by rate")
+    tt.add_column("series")
+    for r in rate_list:
+        tt.add_column(f"{r:g}/s", justify="right")
+    for series in dict.fromkeys(label(x) for x in results):
+        cells = []
+        for r in rate_list:
+            m = next(x for x in results if label(x) == series and x["config"]["rate"] == r)
+            cells.append(f"{_fmt(m.get('ttft_p99'))} ({_fmt(m.get('max_wait_s'))})")
+        tt.add_row(series, *cells)
+    out_console.print(tt)
     err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
 
 
@@ -306,7 +326,7 @@ def emulate(
     instances: int = typer.Option(1, "--instances", help="Emulated engines, on ports P .. P+N-1."),
     port: int = typer.Option(18101, "--port", help="Port of the first instance."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    policy: str = typer.Option("slide", "--policy", help="Engine scheduler inside each instance."),
+    policy: str = typer.Option("slide-bounded", "--policy", help="Engine scheduler inside each instance."),
     policy_arg: list[str] | None = PArgOpt,
     profile: str = ProfileOpt,
     kv_blocks: int | None = KvOpt,

@@ -40,7 +40,13 @@ def summarize_group(
     finished = np.fromiter((r.status == Status.FINISHED for r in reqs), bool, n)
     rejected = int(sum(r.status == Status.REJECTED for r in reqs))
     slo = np.fromiter((r.slo_met() for r in reqs), bool, n)
-    ttft = np.fromiter((r.ttft() for r in reqs), float, n)
+    # a request that never got its first token (unfinished when the run ended) waited at least
+    # until then: its TTFT counts as that wait (a lower bound), so an unserved tail is never
+    # hidden from the percentiles. Rejected requests were answered at once and count in
+    # ``rejected``, not in latency.
+    ttft = np.fromiter((r.ttft() if r.generated else (
+        r.finish_time - r.arrival if r.status == Status.UNFINISHED and r.finish_time >= 0
+        else math.nan) for r in reqs), float, n)
     tpot = np.fromiter((r.tpot() for r in reqs), float, n)
     e2e = np.fromiter((r.e2e() for r in reqs), float, n)
     gain = float(np.sum(weight * (w_p * first_ok + w_d * dec_ok)))
@@ -70,6 +76,9 @@ def summarize_group(
     for name, arr in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
         for q in PERCENTILES:
             res[f"{name}_p{q}"] = _pct(arr, q)
+    # the longest time any request waited for its first token (censored waits included)
+    waits = ttft[~np.isnan(ttft)]
+    res["max_wait_s"] = float(waits.max()) if waits.size else None
     return res
 
 

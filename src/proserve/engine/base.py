@@ -22,10 +22,34 @@ from ..core.request import Request, Status
 from ..latency.model import LatencyModel
 from .kv import BlockManager
 
-# vLLM v1 defaults for online serving on a large GPU (EngineArgs / SchedulerConfig): a token
-# budget of 8192 per iteration with chunked prefill, at most 256 running sequences.
+# Fallback caps when the profile names no device (vLLM's OpenAI-server token budget on a large
+# GPU, its smaller sequence cap); profiles that name their GPU get vLLM's own per-hardware values
+# from :func:`vllm_batch_defaults`.
 DEFAULT_MAX_BATCHED_TOKENS = 8192
 DEFAULT_MAX_SEQS = 256
+_GIB = 1024**3
+
+
+def vllm_batch_defaults(model: LatencyModel) -> tuple[int, int, str]:
+    """``(max_num_batched_tokens, max_num_seqs, source)`` that vLLM's OpenAI server would use on
+    the profile's device.
+
+    Source: vLLM ``EngineArgs.get_batch_defaults`` (vllm/engine/arg_utils.py, v0.9-0.32): a GPU
+    with >= 70 GiB that is not an A100 (H100, H200, MI300x) gets 8192 tokens and 1024 sequences
+    for the OpenAI server; other GPUs 2048 and 256; vLLM's CPU backend 2048 and 128 per
+    tensor-parallel rank. A profile without device information keeps (8192, 256).
+    """
+    gpu = model.meta.get("gpu") if isinstance(model.meta, dict) else None
+    backend = str(model.meta.get("backend", "")).lower() if isinstance(model.meta, dict) else ""
+    if isinstance(gpu, dict) and gpu.get("mem_bytes"):
+        name = str(gpu.get("name", "")).lower()
+        if float(gpu["mem_bytes"]) >= 70 * _GIB and "a100" not in name:
+            return 8192, 1024, f"vLLM get_batch_defaults: {gpu.get('name')} (>= 70 GiB, not A100)"
+        return 2048, 256, f"vLLM get_batch_defaults: {gpu.get('name')} (other GPU)"
+    if "cpu" in backend or str(model.meta.get("device", "")).lower() == "cpu":
+        tp = int(gpu.get("count", 1)) if isinstance(gpu, dict) else 1
+        return 2048 * tp, 128 * tp, "vLLM get_batch_defaults: CPU backend"
+    return DEFAULT_MAX_BATCHED_TOKENS, DEFAULT_MAX_SEQS, "no device in the profile: fallback"
 
 
 @dataclass(slots=True)
@@ -306,5 +330,14 @@ def policy_spec(name: str) -> Spec[BaseScheduler]:
 
 
 def make_scheduler(name: str, model: LatencyModel, **params: Any) -> BaseScheduler:
-    """Build a registered policy; ``params`` override its defaults (unknown ones are an error)."""
-    return POLICIES.make(name, model, **params)
+    """Build a registered policy; ``params`` override its defaults (unknown ones are an error).
+
+    The token and sequence caps default to vLLM's own for the profile's device
+    (:func:`vllm_batch_defaults`) unless the policy's registration (e.g. Sarathi's fixed 2048
+    budget) or ``params`` set them.
+    """
+    tokens, seqs, _ = vllm_batch_defaults(model)
+    spec = policy_spec(name)
+    caps = {k: v for k, v in (("max_num_batched_tokens", tokens), ("max_num_seqs", seqs))
+            if k not in spec.defaults and k not in params}
+    return POLICIES.make(name, model, **caps, **params)

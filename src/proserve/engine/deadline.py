@@ -16,10 +16,21 @@ One guard is ours: if the very first item does not fit the budget the batch woul
 engine would stall, so the first item is always taken (a decode, or a ``min_chunk`` prefill).
 
 Policies here: ``edf`` (earliest next-token deadline first) and ``fairbatching`` (near-deadline
-decodes, then prefills, then other decodes), both with FairBatching-style adaptive batch capacity:
-the iteration may last as long as the tightest decode deadline allows, never less than
-``eps_frac`` times the tightest TPOT SLO in the queue (so late requests cannot shrink batches to
-nothing), unbounded when no decode is waiting.
+decodes, then prefills, then other decodes), both with FairBatching-style adaptive batch capacity.
+
+FairBatching (Lyu et al., arXiv 2510.14392) tracks each request against a monotone per-token
+deadline envelope ``arrival + TTFT_SLO + j * TPOT_SLO`` (the TDG deadlines), sizes each batch's
+*time* budget adaptively from the decode slack so that no decode that can still meet its next
+deadline is pushed past it, and forms the batch fairly between prefill and decode instead of
+Sarathi's decode-first rule: decodes close to their deadline first, then prefills, then the
+decodes with slack to spare. What we implement: the budget is the smallest slack among decodes
+that can still make their next deadline (slack >= their step cost + c0), never less than
+``eps_frac`` times the tightest TPOT SLO, unbounded when no such decode exists (then only the
+token and sequence caps apply, as in ProServe's own budget). Decodes that are already late are
+excluded: one of them would otherwise shrink every batch and the policy would spiral. Where ours
+differs from the paper: its budget comes from a profiled capacity curve and its prefill/decode
+split from a fairness ratio; ours reuses the shared latency model and the time-budgeted walk, and
+``near_frac`` (1 TPOT SLO) decides what "close to the deadline" means.
 """
 
 from __future__ import annotations
@@ -186,9 +197,11 @@ class AdaptiveCapacityScheduler(UnifiedQueueScheduler):
         dl = t.dl[slots]
         pre = t.pre[slots]
         slack = dl - now
-        dec = ~pre
-        if dec.any():
-            budget = max(float(slack[dec].min()), self.eps_frac * float(t.tpot[slots].min()))
+        # the budget is set by decodes that can still make their next deadline; one that is
+        # already late cannot be saved and must not shrink every batch (it would spiral)
+        feasible = ~pre & (slack >= t.t_hat[slots] + self.model.c0)
+        if feasible.any():
+            budget = max(float(slack[feasible].min()), self.eps_frac * float(t.tpot[slots].min()))
         else:
             budget = math.inf
         if self.tiers:
@@ -201,14 +214,15 @@ class AdaptiveCapacityScheduler(UnifiedQueueScheduler):
 
     def plan_small(self, now: float) -> tuple[list[Request], float]:
         t = self.table
-        dl = t.py_dl
+        dl, th = t.py_dl, t.py_t_hat
+        c0 = self.model.c0
         min_slack = math.inf
         min_tpot = math.inf
         keyed = []
         for s, r in t.items():
             slack = dl[s] - now
             pre = r.generated == 0 or r.prompt_len + r.generated - r.computed > 1
-            if not pre and slack < min_slack:
+            if not pre and slack < min_slack and slack >= th[s] + c0:
                 min_slack = slack
             if r.tpot_slo < min_tpot:
                 min_tpot = r.tpot_slo

@@ -4,9 +4,10 @@ Every iteration, for each request r in the one queue:
 
 1. ``t_hat(r)``: its predicted cost this iteration without c0 (all remaining prompt tokens for a
    prefill-stage request, one decode step for a decode-stage one).
-2. ``remain(r)``: time left until its next token's deadline. Strict TDG form (default):
-   ``arrival + TTFT_SLO + generated * TPOT_SLO - now``; the reference code's anchored form for
-   decode-stage requests: ``first_token_time + generated * TPOT_SLO - now``.
+2. ``remain(r)``: time left until its next token's deadline. The reference code's anchored form
+   (default) for decode-stage requests: ``first_token_time + generated * TPOT_SLO - now``; the
+   strict TDG form ``arrival + TTFT_SLO + generated * TPOT_SLO - now`` with
+   ``deadline_mode="strict"``. The TDG *metric* always uses the strict form.
 3. Latency budget ``B = max(min remain over feasible r, eps)`` with feasible meaning
    ``remain >= t_hat + c0`` and ``eps = eps_frac * min TPOT SLO``; unbounded if none is feasible.
 4. Load judgment ``Phi = sum(t_hat) * B / (B - c0)``: time to drain the queue when each batch pays
@@ -58,7 +59,8 @@ class SlideBatching(UnifiedQueueScheduler):
         tau_s: starvation guard; a prefill more than ``tau_s`` TTFT SLOs late goes first.
         min_chunk: smallest prefill chunk worth scheduling unless it finishes the prompt (50).
         w_p, w_d: first-token and decode-token weights of TDG used in the densities.
-        deadline_mode: ``"strict"`` (TDG deadlines) or ``"anchored"`` (reference code).
+        deadline_mode: ``"anchored"`` (default: the authors' code, decode deadlines from the
+            actual first-token time) or ``"strict"`` (the TDG metric's fixed deadlines).
         order: ``"slide"`` (default), ``"deadline"`` or ``"density"`` (ablations).
         budget: ``"latency"`` (default) or ``"tokens"`` (ablation: only the token/seq caps).
     """
@@ -72,7 +74,7 @@ class SlideBatching(UnifiedQueueScheduler):
         tau_s: float = 1.0,
         w_p: float = 1.0,
         w_d: float = 1.0,
-        deadline_mode: str = "strict",
+        deadline_mode: str = "anchored",
         order: str = "slide",
         budget: str = "latency",
         **kw,
@@ -196,8 +198,9 @@ class SlideBatching(UnifiedQueueScheduler):
 
 register_policy(
     "slide", SlideBatching,
-    "ProServe SlideBatching: latency budget, load judgment, URGENT/NORMAL sliding boundary, "
-    "density + EDF orders, starvation guard, fractional chunked prefill, tail preemption",
+    "ProServe SlideBatching as published (paper + authors' code: anchored decode deadlines, "
+    "tau_s = 1): latency budget, load judgment, URGENT/NORMAL sliding boundary, density + EDF "
+    "orders, starvation guard, fractional chunked prefill, tail preemption",
 )
 register_policy(
     "slide-deadline-only", SlideBatching,

@@ -17,10 +17,11 @@ from typing import Any
 from ..sim.run import SimConfig, run
 
 CSV_FIELDS = [
-    "policy", "router", "instances", "rate", "requests", "finished", "unfinished", "tdg_ratio",
-    "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99",
-    "preemptions", "sim_wall_s",
+    "policy", "router", "instances", "rate", "requests", "finished", "unfinished", "rejected",
+    "tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99",
+    "e2e_p99", "max_wait_s", "preemptions", "sim_wall_s",
 ]
+PER_CLASS = ("tdg_ratio", "slo_attainment", "ttft_p99", "max_wait_s", "rejected")
 
 
 def _run_point(cfg_json: str) -> dict:
@@ -77,7 +78,7 @@ def per_class_fields(results: Sequence[dict]) -> list[str]:
         for c in r["per_class"]:
             if c not in names:
                 names.append(c)
-    return [f"{c}_{m}" for c in names for m in ("tdg_ratio", "slo_attainment")]
+    return [f"{c}_{m}" for c in names for m in PER_CLASS]
 
 
 def write_csv(results: Sequence[dict], path: Path) -> None:
@@ -90,7 +91,7 @@ def write_csv(results: Sequence[dict], path: Path) -> None:
             for name in extra:
                 cls, _, metric = name.partition("_")
                 # class names may contain '_': split on the known metric suffixes instead
-                for m in ("tdg_ratio", "slo_attainment"):
+                for m in PER_CLASS:
                     if name.endswith("_" + m):
                         cls, metric = name[: -len(m) - 1], m
                 row.append(r["per_class"].get(cls, {}).get(metric))
@@ -103,7 +104,7 @@ def plot(results: Sequence[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     series = list(dict.fromkeys(label(r) for r in results))
     for p in series:
         pts = [r for r in results if label(r) == p]
@@ -111,11 +112,20 @@ def plot(results: Sequence[dict], path: Path, title: str) -> None:
         style = dict(marker="o", lw=2.2) if "slide" in p else dict(marker=".", lw=1.2)
         axes[0].plot(rates, [r["tdg_ratio"] for r in pts], label=p, **style)
         axes[1].plot(rates, [r["slo_attainment"] for r in pts], label=p, **style)
-    for ax, name in zip(axes, ("TDG ratio", "SLO attainment")):
+        # the tail panel: what each point's gain costs in TTFT p99 (one marker per rate)
+        tail = [(r["ttft_p99"], r["tdg_ratio"]) for r in pts if r.get("ttft_p99") is not None]
+        if tail:
+            axes[2].plot(*zip(*tail), label=p, **style)
+    for ax, name in zip(axes[:2], ("TDG ratio", "SLO attainment")):
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(name)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("TTFT p99 (s, log)")
+    axes[2].set_ylabel("TDG ratio")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

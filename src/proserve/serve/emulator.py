@@ -65,7 +65,7 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 @dataclass
 class EmulatorConfig:
     model_name: str = "proserve-emulated"
-    policy: str = "slide"
+    policy: str = "slide-bounded"
     policy_args: dict[str, Any] = field(default_factory=dict)
     profile: str = "llama3.1-8b@h100"
     kv_blocks: int | None = None

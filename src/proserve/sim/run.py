@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..cluster.base import make_router, router_spec
 from ..core.classes import parse_classes
 from ..core.metrics import clean_floats, summarize
-from ..engine.base import make_scheduler, policy_spec
+from ..engine.base import make_scheduler, policy_spec, vllm_batch_defaults
 from ..latency.model import LatencyModel
 from ..latency.profiles import load_profile
 from ..workload import make_workload
 from .simulator import simulate
+from .timing import DEFAULT_LATENCY_NOISE, StepTimer
 
 
 class SimConfig(BaseModel):
@@ -33,7 +34,7 @@ class SimConfig(BaseModel):
     arrival: str = "poisson"
     cv: float = Field(default=1.0, gt=0)
     classes: str | None = None
-    policy: str = "slide"
+    policy: str = "slide-bounded"
     policy_args: dict[str, Any] = Field(default_factory=dict)
     profile: str = "llama3.1-8b@h100"
     kv_blocks: int | None = Field(default=None, gt=0)
@@ -46,6 +47,10 @@ class SimConfig(BaseModel):
     # Fixed per-request latency outside the engine (API server, network). None: the profile's
     # measured ``request_overhead_s`` (profiles from `proserve profile --server`), else 0.
     request_overhead_ms: float | None = Field(default=None, ge=0)
+    # Prediction error: steps take the truth profile's time (default: the planning profile)
+    # times gamma noise of this coefficient of variation (sim/timing.py says why 0.05).
+    latency_noise: float = Field(default=DEFAULT_LATENCY_NOISE, ge=0, le=1)
+    truth_profile: str | None = None
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
     tenant_classes: str | None = None
@@ -145,6 +150,12 @@ def load_model(cfg: SimConfig) -> LatencyModel:
     return model.with_kv_blocks(cfg.kv_blocks) if cfg.kv_blocks else model
 
 
+def _caps(engine, model: LatencyModel) -> dict[str, Any]:
+    """The engine's token/sequence caps and where their defaults came from."""
+    return {"max_num_batched_tokens": engine.max_num_batched_tokens,
+            "max_num_seqs": engine.max_num_seqs, "defaults_source": vllm_batch_defaults(model)[2]}
+
+
 def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     """Build the workload and engines, simulate, and summarise.
 
@@ -179,10 +190,13 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         router = make_router(router_name, **rargs)
         if hasattr(router, "set_instances"):
             router.set_instances(len(pool))
+    truth = load_profile(cfg.truth_profile) if cfg.truth_profile else None
+    timer = StepTimer(model, truth, cfg.latency_noise, cfg.seed)
     res = simulate(
         reqs, pool, router=router, view_interval=cfg.view_interval_ms / 1000.0,
         decode_engines=decode_pool, kv_transfer_s=kv_transfer_fn(model, cfg) if disagg else None,
         drain_s=cfg.drain_s, progress=progress, ingress_s=request_overhead_s(model, cfg),
+        step_time=None if timer.identity else timer,
     )
     summary = summarize(res.requests, cfg.w_p, cfg.w_d, [c.name for c in classes])
     span = max(res.end_time - (reqs[0].arrival if reqs else 0.0), 1e-12)
@@ -196,6 +210,9 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "profile": model.name,
         "kv_blocks": model.kv_blocks,
         "request_overhead_s": request_overhead_s(model, cfg),
+        "latency_noise": cfg.latency_noise,
+        "truth_profile": truth.name if truth is not None else model.name,
+        "engine_caps": _caps(pool[0], model),
         **{k: summary[k] for k in summary if k != "per_class"},
         "per_class": summary["per_class"],
         "steps": res.steps,

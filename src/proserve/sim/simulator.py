@@ -1,7 +1,9 @@
 """Deterministic, iteration-level discrete-event simulation of one or more engine instances.
 
-Each instance alternates ``schedule(now)`` -> step of ``out.duration`` seconds (the latency
-model's prediction for the batch the policy formed) -> ``update_from_output(out, now + duration)``.
+Each instance alternates ``schedule(now)`` -> a step of the batch the policy formed ->
+``update_from_output(out, now + duration)``. The step lasts what ``step_time`` says (the truth
+latency model with seeded noise, :mod:`proserve.sim.timing`), not necessarily what the policy
+predicted: policies plan with their own model, as on real hardware.
 Arrivals are routed to an instance the moment they arrive and join its queue; an idle instance
 starts a step at once.
 
@@ -102,6 +104,7 @@ def simulate(
     progress: Callable[[float], None] | None = None,
     progress_every: int = 2000,
     ingress_s: float = 0.0,
+    step_time: Callable[[int, SchedulerOutput], float] | None = None,
 ) -> SimResult:
     """Run ``requests`` (sorted by arrival) through ``engines``.
 
@@ -120,6 +123,9 @@ def simulate(
         ingress_s: fixed latency between a request's arrival and the engine receiving it (API
             server, tokenisation, network); a profile measured on a live server records it. It
             counts in TTFT and E2E, as it does for a real client.
+        step_time: ``(instance, batch) -> seconds`` the step really takes (a
+            :class:`~proserve.sim.timing.StepTimer`: truth model and noise); by default the
+            policy's own prediction ``out.duration``.
     """
     if ingress_s < 0:
         raise ValueError("ingress_s must be >= 0")
@@ -178,15 +184,16 @@ def simulate(
                     f"scheduled nothing at t={t:.6f}"
                 )
             return
-        if not out.duration > 0 or math.isinf(out.duration):
-            raise SimulationError(f"instance {k}: invalid step duration {out.duration}")
+        dur = out.duration if step_time is None else step_time(k, out)
+        if not dur > 0 or math.isinf(dur):
+            raise SimulationError(f"instance {k}: invalid step duration {dur}")
         kv = eng.kv
         if not 0 <= kv.free <= kv.total:
             raise SimulationError(f"instance {k}: KV free={kv.free} outside [0, {kv.total}]")
         outs[k] = out
         busy_since[k] = t
         seq += 1
-        heapq.heappush(heap, (t + out.duration, seq, k, None))
+        heapq.heappush(heap, (t + dur, seq, k, None))
 
     def admit(k: int, r: Request, t: float) -> None:
         eng = all_eng[k]
