@@ -7,6 +7,7 @@ import json
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from proserve.core.request import Status
 from proserve.serve.emulator import EmulatedEngine, EmulatorConfig
 
 MODEL = "proserve-emulated"
@@ -22,6 +23,15 @@ async def start(**kw) -> tuple[EmulatedEngine, TestClient]:
     client = TestClient(TestServer(eng.app(), handler_cancellation=True))
     await client.start_server()
     return eng, client
+
+
+async def until(pred, what: str, tries: int = 3000) -> None:
+    """Wait for ``pred`` (bounded by a number of polls; no duration is asserted)."""
+    for _ in range(tries):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
 
 def sse(text: str) -> list:
@@ -89,9 +99,17 @@ def test_models_health_and_vllm_metrics() -> None:
             assert (await c.get("/health")).status == 200
             d = await (await c.get("/v1/models")).json()
             assert d["data"][0]["id"] == MODEL
-            await asyncio.gather(*[c.post("/v1/completions", json={
-                "model": MODEL, "prompt": list(range(300)), "max_tokens": 40})
-                for _ in range(6)])
+            # hold the engine until all six are queued, so they contend whatever the machine's
+            # speed (sent one by one, each could finish before the next arrives)
+            await eng.loop.stop()
+            sends = [asyncio.ensure_future(c.post("/v1/completions", json={
+                "model": MODEL, "prompt": list(range(300)), "max_tokens": 40}))
+                for _ in range(6)]
+            await until(lambda: len(list(eng.scheduler.requests())) == 6, "all six queued")
+            text = await (await c.get("/metrics")).text()
+            assert f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 6.0' in text
+            eng.loop.start()
+            assert all(r.status == 200 for r in await asyncio.gather(*sends))
             text = await (await c.get("/metrics")).text()
             for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
                          "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds_count",
@@ -148,20 +166,36 @@ def test_priority_reaches_the_engine_scheduler() -> None:
     async def go():
         # one sequence at a time: the waiting queue decides who runs next
         eng, c = await start(policy="vllm-priority", policy_args={"max_num_seqs": 1})
-        done: list[str] = []
+        await eng.loop.stop()  # hold the engine while the test queues requests in a known order
+        names: dict[int, str] = {}
+        orig_submit = eng.loop.submit
 
-        async def send(name: str, prio: int, delay: float, n: int = 30) -> None:
-            await asyncio.sleep(delay)
-            r = await c.post("/v1/completions", json={
-                "model": MODEL, "prompt": list(range(50)), "max_tokens": n, "priority": prio})
-            assert r.status == 200
-            done.append(name)
+        def submit(req, name=None):
+            names[req.id] = f"{'high' if req.priority == 0 else 'low'}{len(names)}"
+            return orig_submit(req)
 
+        eng.loop.submit = submit
+        finished: list[str] = []  # in the order the engine finished them
+        orig_update = eng.scheduler.update_from_output
+
+        def update(out, now):
+            done = orig_update(out, now)
+            finished.extend(names[r.id] for r in done)
+            return done
+
+        eng.scheduler.update_from_output = update
         try:
-            # "first" runs ~10 engine-seconds (~0.2 s wall); the others queue behind it meanwhile
-            await asyncio.gather(send("first", 1, 0.0, 1500), send("low1", 1, 0.005),
-                                 send("low2", 1, 0.01), send("high", 0, 0.015))
-            assert done[0] == "first" and done[1] == "high", done
+            sends = []
+            for prio in (1, 1, 1, 0):  # three low, then one high: arrival order is fixed
+                sends.append(asyncio.ensure_future(c.post("/v1/completions", json={
+                    "model": MODEL, "prompt": list(range(50)), "max_tokens": 30,
+                    "priority": prio})))
+                await until(lambda n=len(sends): len(names) == n, "request queued")
+            assert sorted(names.values()) == ["high3", "low0", "low1", "low2"]
+            eng.loop.start()
+            assert all(r.status == 200 for r in await asyncio.gather(*sends))
+            # the later, more urgent request goes first; equal priorities keep arrival order
+            assert finished == ["high3", "low0", "low1", "low2"], finished
         finally:
             await c.close()
     run(go())
@@ -170,18 +204,25 @@ def test_priority_reaches_the_engine_scheduler() -> None:
 def test_client_disconnect_aborts_and_frees_kv() -> None:
     async def go():
         eng, c = await start(time_scale=0.2)
+        seen = []
+        orig = eng.loop.submit
+
+        def spy(req):
+            seen.append(req)
+            return orig(req)
+
+        eng.loop.submit = spy
         try:
             r = await c.post("/v1/completions", json={
-                "model": MODEL, "prompt": list(range(100)), "max_tokens": 2000, "stream": True})
+                "model": MODEL, "prompt": list(range(100)), "max_tokens": 8000, "stream": True})
             await r.content.readline()  # first chunk arrived: the request is running
             assert eng.scheduler.kv.used > 0
             r.close()  # client goes away mid-stream
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                if not list(eng.scheduler.requests()):
-                    break
-            assert not list(eng.scheduler.requests())
+            await until(lambda: not list(eng.scheduler.requests()), "the request left")
             assert eng.scheduler.kv.used == 0
+            # it left because it was aborted, not because it ran to the end meanwhile
+            (req,) = seen
+            assert req.status == Status.UNFINISHED and req.generated < req.output_len
         finally:
             await c.close()
     run(go())

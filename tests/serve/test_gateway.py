@@ -36,7 +36,17 @@ async def server(app: web.Application) -> TestServer:
     return s
 
 
-async def gateway_for(urls: list[str], **over) -> tuple[Gateway, TestClient]:
+class FrozenClock:
+    """An injected gateway clock that only moves when told: limits become exact."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def gateway_for(urls: list[str], clock=None, **over) -> tuple[Gateway, TestClient]:
     doc = {
         "model": MODEL,
         "classes": CLASSES,
@@ -51,7 +61,8 @@ async def gateway_for(urls: list[str], **over) -> tuple[Gateway, TestClient]:
         "max_model_len": 2000,
         **over,
     }
-    gw = Gateway(GatewayConfig.model_validate(doc))
+    cfg = GatewayConfig.model_validate(doc)
+    gw = Gateway(cfg) if clock is None else Gateway(cfg, clock=clock)
     client = TestClient(TestServer(gw.app(), handler_cancellation=True))
     await client.start_server()
     return gw, client
@@ -154,16 +165,23 @@ def test_streaming_priority_propagation_and_metrics() -> None:
 def test_rate_limit_and_shedding_get_429_with_retry_after() -> None:
     async def go():
         _, servers = await emulators(1)
-        gw, c = await gateway_for([url(servers[0])], tenants=[
+        clock = FrozenClock()  # the 2/s bucket refills only when the test moves the clock
+        gw, c = await gateway_for([url(servers[0])], clock=clock, tenants=[
             {"name": "cheap", "api_keys": ["k-bronze"], "class": "bronze", "max_rps": 2},
             {"name": "junk", "api_keys": ["k-scrap"], "class": "scrap"}])
         body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
         try:
             codes = [(await c.post("/v1/completions", json=body, headers=BRONZE)).status
                      for _ in range(3)]
-            assert codes[:2] == [200, 200] and codes[2] == 429
+            assert codes == [200, 200, 429]
             r = await c.post("/v1/completions", json=body, headers=BRONZE)
-            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+            d = await r.json()
+            assert r.status == 429 and d["error"]["code"] == "rate_limited"
+            assert "requests/s" in d["error"]["message"] and r.headers["Retry-After"] == "1"
+            clock.t += 0.5  # one request's worth refilled (refusals took nothing)
+            codes = [(await c.post("/v1/completions", json=body, headers=BRONZE)).status
+                     for _ in range(2)]
+            assert codes == [200, 429]
             # class "scrap" has a 1 ms TTFT SLO no backend can meet, and is sheddable
             r = await c.post("/v1/completions", json=body,
                              headers={"Authorization": "Bearer k-scrap"})
@@ -270,10 +288,10 @@ def test_health_checks_eject_and_readmit() -> None:
 
 
 def test_token_bucket() -> None:
-    b = TokenBucket(rate=2.0, burst=2.0)
-    assert b.take(1, b.t) == 0 and b.take(1, b.t) == 0
-    assert b.take(1, b.t) == pytest.approx(0.5)
-    assert b.take(1, b.t + 0.5) == 0
+    b = TokenBucket(rate=2.0, burst=2.0, now=0.0)
+    assert b.take(1, 0.0) == 0 and b.take(1, 0.0) == 0
+    assert b.take(1, 0.0) == pytest.approx(0.5)
+    assert b.take(1, 0.5) == 0
 
 
 def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:

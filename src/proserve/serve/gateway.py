@@ -38,6 +38,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +83,11 @@ class TokenBucket:
 
     __slots__ = ("rate", "burst", "level", "t")
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(self, rate: float, burst: float | None = None, now: float | None = None) -> None:
         self.rate = rate
         self.burst = burst if burst is not None else max(rate, 1.0)
         self.level = self.burst
-        self.t = time.monotonic()
+        self.t = time.monotonic() if now is None else now  # on the clock ``take`` is given
 
     def take(self, n: float, now: float) -> float:
         self.level = min(self.burst, self.level + (now - self.t) * self.rate)
@@ -138,8 +139,12 @@ class Backend:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig) -> None:
+    def __init__(self, cfg: GatewayConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        # ``clock``: every time the gateway reads (rate limits, queue timeouts, request times);
+        # tests inject a fake one to drive admission and limits deterministically.
         self.cfg = cfg
+        self._clock = clock
         self.classes: list[PriorityClass] = cfg.priority_classes()
         self.by_name = {c.name: c for c in self.classes}
         self.backends = []
@@ -154,15 +159,15 @@ class Gateway:
         self.tps: dict[str, TokenBucket] = {}
         for t in cfg.tenants:
             if t.max_rps:
-                self.rps[t.name] = TokenBucket(t.max_rps)
+                self.rps[t.name] = TokenBucket(t.max_rps, now=clock())
             if t.max_tokens_per_s:
-                self.tps[t.name] = TokenBucket(t.max_tokens_per_s)
+                self.tps[t.name] = TokenBucket(t.max_tokens_per_s, now=clock())
         self._ids = 0
         self._capacity = asyncio.Event()  # set whenever a request leaves a backend
         self._queued: dict[str, int] = {c.name: 0 for c in self.classes}
         self._tasks: list[asyncio.Task] = []
         self.session: aiohttp.ClientSession | None = None
-        self._t0 = time.monotonic()
+        self._t0 = clock()
         self._init_metrics()
 
     # ------------------------------------------------------------------ metrics
@@ -199,7 +204,7 @@ class Gateway:
             i.labels(b.url).set_function(lambda b=b: float(len(b.inflight)))
 
     def now(self) -> float:
-        return time.monotonic() - self._t0
+        return self._clock() - self._t0
 
     # ------------------------------------------------------------------ request path
     def _tenant(self, request: web.Request) -> TenantConfig | web.Response:
@@ -249,7 +254,7 @@ class Gateway:
                 400, f"This model's maximum context length is {self.cfg.max_model_len} tokens. "
                      f"However, you requested {p + n_out} tokens ({p} in the prompt, {n_out} in "
                      f"the completion).", param="max_tokens"))
-        now_m = time.monotonic()
+        now_m = self._clock()
         for bucket, amount, what in ((self.rps.get(tenant.name), 1, "requests/s"),
                                      (self.tps.get(tenant.name), p + n_out, "tokens/s")):
             if bucket is not None:
@@ -304,7 +309,7 @@ class Gateway:
     async def _admit(self, r: Request, exclude: set[int]) -> Backend | web.Response:
         """Pick a backend for ``r``, waiting (or shedding) while none can meet its TTFT SLO."""
         settings = self.cfg.settings(r.cls)
-        deadline = time.monotonic() + settings.queue_timeout_s
+        deadline = self._clock() + settings.queue_timeout_s
         queued = False
         try:
             while True:
@@ -330,7 +335,7 @@ class Gateway:
                     return error(429, f"no capacity to serve class {r.cls!r} within its SLO; "
                                       f"retry in {retry} s", code="capacity_shed",
                                  headers={"Retry-After": str(retry)})
-                left = deadline - time.monotonic()
+                left = deadline - self._clock()
                 if left <= 0:
                     # waited its class's timeout: serve it late rather than fail it, unless the
                     # backends are hopelessly behind (predicted past 10x its SLO)
