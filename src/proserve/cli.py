@@ -150,6 +150,9 @@ def simulate(
     max_model_len: int | None = MaxLenOpt,
     latency_noise: float = NoiseOpt,
     truth_profile: str | None = TruthOpt,
+    admission: bool = typer.Option(False, "--admission", help="Admission control as the gateway does it: a request predicted to miss its TTFT SLO waits up to --queue-timeout for capacity, then is served late or refused (429); --shed classes are refused at once."),
+    queue_timeout: float = typer.Option(5.0, "--queue-timeout", help="With --admission: seconds a late request may wait for capacity (the gateway's default)."),
+    shed: str | None = typer.Option(None, "--shed", help="With --admission: comma-separated sheddable classes (refused at once when predicted late)."),
     request_overhead_ms: float | None = typer.Option(None, "--request-overhead-ms", help="Fixed per-request latency outside the engine (API server, network), ms. Default: the profile's measured value (profiles from `proserve profile --server`), else 0."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
@@ -167,6 +170,8 @@ def simulate(
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
         kv_link_gbytes_s=kv_link_gbs, request_overhead_ms=request_overhead_ms,
         max_model_len=max_model_len, latency_noise=latency_noise, truth_profile=truth_profile,
+        admission=admission, queue_timeout_s=queue_timeout,
+        shed_classes=[c.strip() for c in (shed or "").split(",") if c.strip()],
     )
     try:
         if quiet:

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
+from proserve.cluster.view import predicted_ttft
 from proserve.core.request import Request, Status
 from proserve.latency.profiles import load_profile
 from proserve.serve.emulator import EmulatedEngine, EmulatorConfig
@@ -132,13 +133,13 @@ def count_routes(gw: Gateway) -> Callable[[], int]:
     """Count admission evaluations (each asks the router): a queued request re-evaluates on
     every wake-up, so 'N more evaluations' means it has looked again N times."""
     calls = [0]
-    orig = gw.router.route
+    orig = gw.router.choose
 
     def route(*a, **k):
         calls[0] += 1
         return orig(*a, **k)
 
-    gw.router.route = route
+    gw.router.choose = route
     return lambda: calls[0]
 
 
@@ -334,7 +335,7 @@ def test_view_pads_scraped_waiting_and_floors_kv_usage() -> None:
     preds = []
     for n in (0, 10, 40):
         b.scraped_waiting = n
-        preds.append(Gateway._predicted_ttft(b.view(0.0), r))
+        preds.append(predicted_ttft(b.view(0.0), r.prompt_len))
     assert preds == sorted(preds) and preds[0] < preds[1] < preds[2]
 
 

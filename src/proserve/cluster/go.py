@@ -47,7 +47,7 @@ from collections.abc import Sequence
 
 from ..core.request import Request
 from .base import BaseRouter, NoHealthyInstance, register_router
-from .view import EffectiveLoad, InstanceView, decode_step, prefill_work
+from .view import EffectiveLoad, InstanceView, decode_step, prefill_work, work_time
 
 Row = tuple[float, float, float]  # (prefill work s, absolute deadline, weight)
 
@@ -60,7 +60,7 @@ def queue_gain_delta(rows: list[Row], total: float, r_work: float, r_deadline: f
     load judgment that includes the new request; each item costs its work plus, per slice of
     ``slice_s`` seconds, one iteration overhead ``step`` (c0 + the decode batch).
     """
-    r_cost = r_work + math.ceil(r_work / slice_s) * step if r_work > 0 else 0.0
+    r_cost = work_time(r_work, step, slice_s)
     if not rows:
         return r_weight if now + r_cost < r_deadline else 0.0
     tot = total + r_work
@@ -156,9 +156,11 @@ class GoRouter(BaseRouter):
                             total += w
                         free -= blocks
             step = decode_step(m, decodes, ctx)
-            drain = total + math.ceil(total / s) * step if total > 0 else 0.0
+            # r's predicted first token = drain + r_cost: view.predicted_ttft's formula, on the
+            # queue plus the router's pending dispatches
+            drain = work_time(total, step, s)
             r_work = m.prefill_time(p_len)
-            r_cost = r_work + math.ceil(r_work / s) * step
+            r_cost = work_time(r_work, step, s)
             fits = free >= m.blocks_for(p_len + 1) and (
                 v.role == "prefill"
                 or decode_step(m, decodes + 1, ctx + p_len + 1)

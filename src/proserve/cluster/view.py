@@ -77,13 +77,34 @@ def decode_step(m: LatencyModel, decodes: int, context: int) -> float:
     return m.c0 + decodes * m.d1 + m.d2 * context
 
 
+def work_time(work: float, step: float, slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
+    """Wall time of ``work`` seconds of prefill handed out in slices of ``slice_s``, each slice
+    riding with one iteration that costs ``step`` (c0 + the decode batch)."""
+    return work + math.ceil(work / slice_s) * step if work > 0 else 0.0
+
+
 def drain_time(prefill: list[PrefillItem], m: LatencyModel, decode_step: float,
                slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
     """Prefill work plus the per-iteration cost (c0 + decodes) of the iterations it needs."""
-    work = sum(prefill_work(it, m) for it in prefill)
-    if work <= 0:
-        return 0.0
-    return work + math.ceil(work / slice_s) * decode_step
+    return work_time(sum(prefill_work(it, m) for it in prefill), decode_step, slice_s)
+
+
+def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = None,
+                   slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
+    """Seconds from now until a new request's first token on this instance: the queued prefill
+    work ahead of it, then its own prefill, each paying the iterations it needs. The one formula
+    GoRouting's light/heavy test and the admission decision (gateway and simulator) share.
+
+    ``weight``: the request's weight; queued work of a *lower* weight is then assumed to be
+    overtaken (every priority-aware engine policy of ours, and vLLM's priority scheduling, serve
+    the heavier class first), so it does not delay the request. ``None``: FCFS, all of it does.
+    """
+    m = view.model
+    ld = view.load
+    step = decode_step(m, ld.decodes, ld.decode_context)
+    ahead = ld.prefill if weight is None else [it for it in ld.prefill if it[2] >= weight]
+    return drain_time(ahead, m, step, slice_s) + work_time(m.prefill_time(prompt_len), step,
+                                                            slice_s)
 
 
 def view_of(engine, index: int, now: float, role: str = "colocated",

@@ -59,6 +59,19 @@ class SLORule:
         return cls(v / 1000.0 if unit == "ms" else v, False, 0.0)
 
 
+def tpot_context(prompt_len: int, output_len: int) -> int:
+    """The context length a request's unloaded TPOT is taken at: its mean context while
+    decoding. One definition for the workload, the gateway, the emulator and the plug-in."""
+    return prompt_len + output_len // 2
+
+
+def unloaded_latencies(model, prompt_len: int, output_len: int) -> tuple[float, float]:
+    """``(unloaded TTFT, unloaded TPOT)`` of a request on ``model``: what relative SLO rules
+    (``ttft=5x``) multiply."""
+    return model.unloaded_ttft(prompt_len), model.unloaded_tpot(
+        tpot_context(prompt_len, output_len))
+
+
 @dataclass(frozen=True, slots=True)
 class PriorityClass:
     name: str
@@ -67,6 +80,11 @@ class PriorityClass:
     ttft: SLORule
     tpot: SLORule
     share: tuple[float, ...]  # one value, or a piecewise-linear profile over the trace
+
+    def slos(self, model, prompt_len: int, output_len: int) -> tuple[float, float]:
+        """``(TTFT SLO, TPOT SLO)`` in seconds of a request of this class with these lengths."""
+        ttft0, tpot0 = unloaded_latencies(model, prompt_len, output_len)
+        return self.ttft.resolve(ttft0), self.tpot.resolve(tpot0)
 
     def share_at(self, frac: float) -> float:
         """Share at relative position ``frac`` in [0, 1] of the trace."""

@@ -39,7 +39,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..core.classes import PriorityClass, parse_classes
+from ..core.classes import PriorityClass, parse_classes, unloaded_latencies
 from ..core.request import Request, Status
 from ..core.sched_fields import FieldLimits, resolve_fields
 from ..engine.base import make_scheduler
@@ -127,7 +127,7 @@ class EmulatedEngine:
                       ) -> Request | web.Response:
         m = self.model
         f = resolve_fields(self.classes, body.priority, body.vllm_xargs, self.limits,
-                           m.unloaded_ttft(p), m.unloaded_tpot(p + n_out // 2))
+                           *unloaded_latencies(m, p, n_out))
         if f.problems:  # never trusted as sent: the first refused field, named
             param, why = f.problems[0]
             return error(400, f"{param}: {why}", param=param)

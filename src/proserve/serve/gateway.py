@@ -54,8 +54,9 @@ from prometheus_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..cluster.admission import ClassAdmission, Decision, decide
 from ..cluster.base import NoHealthyInstance, make_router
-from ..cluster.view import InstanceView, decode_step, drain_time
+from ..cluster.view import InstanceView, predicted_ttft
 from ..core.classes import PriorityClass
 from ..core.request import Request, Status
 from ..core.sched_fields import gateway_xargs, scrub_client_fields
@@ -266,9 +267,9 @@ class Gateway:
                         headers={"Retry-After": str(max(1, math.ceil(wait)))}))
         m0 = self.backends[0].model
         self._ids += 1
+        slos = cls.slos(m0, p, n_out)
         req = Request(id=self._ids, arrival=self.now(), prompt_len=p, output_len=n_out,
-                      ttft_slo=cls.ttft.resolve(m0.unloaded_ttft(p)),
-                      tpot_slo=cls.tpot.resolve(m0.unloaded_tpot(p + n_out // 2)),
+                      ttft_slo=slos[0], tpot_slo=slos[1],
                       weight=cls.weight, priority=cls.rank, cls=cls.name, tenant=tenant.name)
         raw = body.model_dump(exclude_none=True, by_alias=True)
         try:
@@ -299,17 +300,16 @@ class Gateway:
         self.m_gain_max.labels(*lab).inc(r.max_gain())
 
     # ------------------------------------------------------------------ admission + routing
-    @staticmethod
-    def _predicted_ttft(v: InstanceView, r: Request) -> float:
-        """Queue drain plus the request's own prefill on the backend the router chose."""
-        m = v.model
-        step = decode_step(m, v.load.decodes, v.load.decode_context)
-        return drain_time(v.load.prefill, m, step) + m.prefill_time(r.prompt_len) + m.c0
-
     async def _admit(self, r: Request, exclude: set[int]) -> Backend | web.Response:
-        """Pick a backend for ``r``, waiting (or shedding) while none can meet its TTFT SLO."""
+        """Pick a backend for ``r``, waiting (or shedding) while none can meet its TTFT SLO.
+
+        The decision is :func:`proserve.cluster.admission.decide` on the router's choice, the
+        same code ``proserve simulate --admission`` runs; a dispatch is recorded with the router
+        only when the request is admitted.
+        """
         settings = self.cfg.settings(r.cls)
-        deadline = self._clock() + settings.queue_timeout_s
+        rule = ClassAdmission(settings.queue_timeout_s, settings.sheddable)
+        start = self._clock()
         queued = False
         try:
             while True:
@@ -318,29 +318,25 @@ class Gateway:
                     return error(503, "no healthy backend can take the request",
                                  type_="service_unavailable", code="no_backend")
                 now = self.now()
-                views = {b.index: b.view(now) for b in up}
                 try:
-                    k = self.router.route(r, list(views.values()), now)
+                    view = self.router.choose(r, [b.view(now) for b in up], now)
                 except NoHealthyInstance:
                     return error(503, "no healthy backend can take the request",
                                  type_="service_unavailable", code="no_backend")
-                b = self.backends[k]
-                predicted = self._predicted_ttft(views[k], r)
-                late = now + predicted - r.arrival >= r.ttft_slo
-                if not late or (settings.queue_timeout_s == 0 and not settings.sheddable):
+                b = self.backends[view.index]
+                predicted = predicted_ttft(view, r.prompt_len, r.weight)
+                waited = self._clock() - start
+                d = decide(r, predicted, now, waited, rule)
+                if d is Decision.ADMIT:
+                    self.router.record(view.index, r, view)
                     return b
-                if settings.sheddable:
+                if d is Decision.SHED:
                     self.m_shed.labels(r.tenant, r.cls).inc()
                     retry = max(1, math.ceil(predicted))
                     return error(429, f"no capacity to serve class {r.cls!r} within its SLO; "
                                       f"retry in {retry} s", code="capacity_shed",
                                  headers={"Retry-After": str(retry)})
-                left = deadline - self._clock()
-                if left <= 0:
-                    # waited its class's timeout: serve it late rather than fail it, unless the
-                    # backends are hopelessly behind (predicted past 10x its SLO)
-                    if now + predicted - r.arrival < 10 * r.ttft_slo:
-                        return b
+                if d is Decision.TIMEOUT:  # waited its timeout, predicted past 10x its SLO
                     self.m_shed.labels(r.tenant, r.cls).inc()
                     return error(429, f"class {r.cls!r} waited {settings.queue_timeout_s:g} s "
                                       f"without capacity", code="queue_timeout",
@@ -349,6 +345,7 @@ class Gateway:
                     queued = True
                     self._queued[r.cls] += 1
                 self._capacity.clear()
+                left = settings.queue_timeout_s - waited
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._capacity.wait(), timeout=min(left, 0.05))
         finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..cluster.admission import ClassAdmission
 from ..cluster.base import make_router, router_spec
 from ..core.classes import parse_classes
 from ..core.metrics import clean_floats, summarize
@@ -51,6 +52,10 @@ class SimConfig(BaseModel):
     # times gamma noise of this coefficient of variation (sim/timing.py says why 0.05).
     latency_noise: float = Field(default=DEFAULT_LATENCY_NOISE, ge=0, le=1)
     truth_profile: str | None = None
+    # --- admission (the gateway's rule, cluster/admission.py) ---
+    admission: bool = False
+    queue_timeout_s: float = Field(default=5.0, ge=0)  # the gateway's default per class
+    shed_classes: list[str] = Field(default_factory=list)  # classes refused at once when late
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
     tenant_classes: str | None = None
@@ -190,13 +195,21 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         router = make_router(router_name, **rargs)
         if hasattr(router, "set_instances"):
             router.set_instances(len(pool))
+    admission = None
+    if cfg.admission:
+        names = [c.name for c in classes]
+        bad = [c for c in cfg.shed_classes if c not in names]
+        if bad:
+            raise ValueError(f"shed classes {bad} are not among the classes {names}")
+        rules = {c: ClassAdmission(cfg.queue_timeout_s, c in cfg.shed_classes) for c in names}
+        admission = lambda r: rules[r.cls]  # noqa: E731
     truth = load_profile(cfg.truth_profile) if cfg.truth_profile else None
     timer = StepTimer(model, truth, cfg.latency_noise, cfg.seed)
     res = simulate(
         reqs, pool, router=router, view_interval=cfg.view_interval_ms / 1000.0,
         decode_engines=decode_pool, kv_transfer_s=kv_transfer_fn(model, cfg) if disagg else None,
         drain_s=cfg.drain_s, progress=progress, ingress_s=request_overhead_s(model, cfg),
-        step_time=None if timer.identity else timer,
+        step_time=None if timer.identity else timer, admission=admission,
     )
     summary = summarize(res.requests, cfg.w_p, cfg.w_d, [c.name for c in classes])
     span = max(res.end_time - (reqs[0].arrival if reqs else 0.0), 1e-12)

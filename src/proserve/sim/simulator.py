@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..cluster.admission import ClassAdmission, Decision, decide
 from ..cluster.base import BaseRouter
-from ..cluster.view import InstanceView, view_of
+from ..cluster.view import InstanceView, predicted_ttft, view_of
 from ..core.request import Request, Status
 from ..engine.base import BaseScheduler, SchedulerOutput
 
@@ -105,6 +106,7 @@ def simulate(
     progress_every: int = 2000,
     ingress_s: float = 0.0,
     step_time: Callable[[int, SchedulerOutput], float] | None = None,
+    admission: Callable[[Request], ClassAdmission] | None = None,
 ) -> SimResult:
     """Run ``requests`` (sorted by arrival) through ``engines``.
 
@@ -126,12 +128,19 @@ def simulate(
         step_time: ``(instance, batch) -> seconds`` the step really takes (a
             :class:`~proserve.sim.timing.StepTimer`: truth model and noise); by default the
             policy's own prediction ``out.duration``.
+        admission: the gateway's admission rule per request (its class's settings), decided by
+            :func:`proserve.cluster.admission.decide` on the router's choice (co-located mode).
+            Waiting requests sit in a router-side queue (class rank, then arrival) and are
+            re-decided whenever a request finishes and when their class's timeout passes;
+            refused ones end REJECTED at once (no gain, counted against attainment).
     """
     if ingress_s < 0:
         raise ValueError("ingress_s must be >= 0")
     if not engines:
         raise ValueError("need at least one engine instance")
     disagg = bool(decode_engines)
+    if admission is not None and disagg:
+        raise ValueError("admission control is implemented for co-located instances only")
     if disagg and router is None:
         raise ValueError("disaggregated mode needs a router")
     reqs = list(requests)
@@ -150,7 +159,8 @@ def simulate(
     horizon = (reqs[-1].arrival if reqs else 0.0) + ingress_s + drain_s
 
     # events: (time, seq, instance, request); instance >= 0: a step ends there; instance == -1:
-    # a KV transfer of ``request`` to its decode instance completes
+    # a KV transfer of ``request`` to its decode instance completes; instance == -2: a waiting
+    # request's queue timeout passes (admission)
     heap: list[tuple[float, int, int, Request | None]] = []
     outs: list[SchedulerOutput | None] = [None] * n_eng
     busy_since = [0.0] * n_eng
@@ -161,6 +171,7 @@ def simulate(
     seq = 0
     steps = 0
     ended: set[int] = set()
+    waiting: dict[int, tuple[Request, float]] = {}  # admission queue: id -> (request, since)
     n = len(reqs)
     i = 0
     now = 0.0
@@ -205,6 +216,43 @@ def simulate(
         if outs[k] is None:
             start(k, t)
 
+    def consider(r: Request, t: float, since: float) -> bool:
+        """Admission decision for ``r`` at ``t`` (waiting since ``since``); True if decided."""
+        nonlocal seq
+        if router is None:
+            k = route(r, t) if r.instance < 0 else r.instance  # type: ignore[misc]
+            view = view_of(all_eng[k], k, t)
+        else:
+            view = router.choose(r, views.get(t), t)  # type: ignore[union-attr]
+            k = view.index
+        rule = admission(r)  # type: ignore[misc]
+        d = decide(r, predicted_ttft(view, r.prompt_len, r.weight), t, t - since, rule)
+        if d is Decision.WAIT:
+            if r.id not in waiting:
+                waiting[r.id] = (r, since)
+                seq += 1
+                heapq.heappush(heap, (since + rule.queue_timeout_s, seq, -2, r))
+            if router is None:
+                r.instance = k  # a plain route function is asked once
+            return False
+        waiting.pop(r.id, None)
+        if d is not Decision.ADMIT:  # refused (429): answered at once, no gain
+            r.status = Status.REJECTED
+            r.finish_time = t
+            end(r)
+            return True
+        if router is not None:
+            router.record(k, r, view)
+        r.instance = k
+        admit(k, r, t)
+        return True
+
+    def retry_waiting(t: float) -> None:
+        """Capacity freed: re-decide the waiting requests, most important class first."""
+        for r, since in sorted(waiting.values(), key=lambda x: (x[0].priority, x[0].arrival,
+                                                                 x[0].id)):
+            consider(r, t, since)
+
     while i < n or heap:
         next_arr = reqs[i].arrival + ingress_s if i < n else math.inf
         if heap and heap[0][0] < next_arr:
@@ -212,6 +260,11 @@ def simulate(
             if now > horizon:
                 heapq.heappush(heap, (now, 0, k, xr))
                 break
+            if k == -2:  # a waiting request's queue timeout passed: decide it now
+                assert xr is not None
+                if xr.id in waiting:
+                    consider(xr, now, waiting[xr.id][1])
+                continue
             if k < 0:  # KV transfer done: first token out, decode instance takes over
                 assert xr is not None
                 del in_transfer[xr.id]
@@ -222,6 +275,7 @@ def simulate(
             out = outs[k]
             assert out is not None
             eng = all_eng[k]
+            finished_before = eng.num_finished
             busy_time[k] += now - busy_since[k]
             for r in eng.update_from_output(out, now):
                 if r.prefill_only and r.generated == 0 and r.output_len > 1:
@@ -234,6 +288,8 @@ def simulate(
                 else:
                     end(r)
             steps += 1
+            if waiting and eng.num_finished != finished_before:
+                retry_waiting(now)
             if check_every and steps % check_every == 0:
                 eng.check()
             if progress is not None and steps % progress_every == 0:
@@ -243,6 +299,9 @@ def simulate(
             now = next_arr
             r = reqs[i]
             i += 1
+            if admission is not None:
+                consider(r, now, now)  # admits, refuses, or queues it for a later decision
+                continue
             if router is None:
                 k = route(r, now)  # type: ignore[misc]
             elif disagg:
@@ -261,6 +320,11 @@ def simulate(
 
     drained = True
     end_at = min(now, horizon)
+    for r, _ in waiting.values():  # still waiting for capacity when the drain time ran out
+        r.status = Status.UNFINISHED
+        r.finish_time = end_at
+        end(r)
+        drained = False
     for r in in_transfer.values():  # KV still moving when the drain time ran out
         r.status = Status.UNFINISHED
         r.finish_time = end_at

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from proserve.core.classes import PriorityClass, SpecError
+from proserve.core.classes import PriorityClass, SpecError, tpot_context
 from proserve.core.request import Request
 from proserve.latency.model import LatencyModel
 from proserve.workload.traces import Trace
@@ -152,7 +152,7 @@ def build_requests(
     # unloaded latencies are per distinct length: far fewer calls than requests
     up, inv_p = np.unique(prompt, return_inverse=True)
     ttft0 = np.array([model.unloaded_ttft(int(q)) for q in up])[inv_p]
-    ctx = prompt + output // 2
+    ctx = tpot_context(prompt, output)  # works elementwise on arrays
     uc, inv_c = np.unique(ctx, return_inverse=True)
     tpot0 = np.array([model.unloaded_tpot(int(c)) for c in uc])[inv_c]
 

@@ -54,7 +54,7 @@ import yaml
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 
-from ...core.classes import parse_classes
+from ...core.classes import parse_classes, unloaded_latencies
 from ...core.request import Request
 from ...core.sched_fields import FieldLimits, resolve_fields
 from ...engine.base import make_scheduler
@@ -152,8 +152,7 @@ class ProServeScheduler(AsyncScheduler):
             out = int(getattr(req, "max_tokens", None) or 1)
             f = resolve_fields(self.classes, self.user_priority.get(req.request_id,
                                                                      int(req.priority)),
-                               x, self.field_limits, m.unloaded_ttft(p),
-                               m.unloaded_tpot(p + out // 2))
+                               x, self.field_limits, *unloaded_latencies(m, p, out))
             for param, why in f.problems:  # never trusted as sent: the class's default instead
                 self.refused_fields += 1
                 if param not in self._warned:  # once per field, not once per request

@@ -1,0 +1,152 @@
+"""Issue 11: prediction error in the simulator (truth profile, seeded noise) and admission
+control shared with the gateway."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tests.conftest import random_requests, toy_model
+
+from proserve.cluster.admission import ClassAdmission, Decision, decide
+from proserve.core.metrics import summarize
+from proserve.core.request import Request, Status
+from proserve.engine import make_scheduler
+from proserve.engine.base import SchedulerOutput
+from proserve.latency.model import LatencyModel
+from proserve.sim.run import SimConfig, run
+from proserve.sim.simulator import simulate
+from proserve.sim.timing import StepTimer
+
+
+def R(i, arrival=0.0, prompt=100, out=10, ttft=1.0, tpot=0.05, w=1.0, cls="low"):
+    return Request(id=i, arrival=arrival, prompt_len=prompt, output_len=out, ttft_slo=ttft,
+                   tpot_slo=tpot, weight=w, priority=0 if cls == "high" else 1, cls=cls)
+
+
+# ---------------------------------------------------------------- StepTimer
+def test_noise_is_seeded_per_instance_with_the_requested_mean_and_cv() -> None:
+    m = toy_model()
+    out = SchedulerOutput(duration=0.01)
+    a, b = StepTimer(m, None, 0.05, seed=3), StepTimer(m, None, 0.05, seed=3)
+    xa = np.array([a(0, out) for _ in range(20000)]) / 0.01
+    xb = np.array([b(0, out) for _ in range(20000)]) / 0.01
+    assert np.array_equal(xa, xb)  # same seed, same instance: the same factors
+    other = np.array([b(1, out) for _ in range(100)]) / 0.01
+    assert not np.array_equal(other, xa[:100])  # instances have their own streams
+    assert abs(xa.mean() - 1) < 0.005 and abs(xa.std() / xa.mean() - 0.05) < 0.005
+    assert xa.min() > 0
+    # interleaving instances does not change an instance's sequence
+    c = StepTimer(m, None, 0.05, seed=3)
+    mixed = []
+    for _ in range(50):
+        mixed.append(c(0, out) / 0.01)
+        c(1, out)
+    assert np.allclose(mixed, xa[:50])
+
+
+def test_truth_profile_times_the_batch_the_policy_formed() -> None:
+    plan = toy_model()
+    truth = LatencyModel(c0=0.01, c1=0.0, c2=4e-5, c3=0.0, c4=0.0, d1=3e-4, d2=0.0,
+                         kv_blocks=4000, block_size=16)
+    eng = make_scheduler("vllm-fcfs", plan)
+    a, b = R(0, prompt=300), R(1, prompt=50)
+    eng.add_request(a, 0.0)
+    eng.add_request(b, 0.0)
+    out = eng.schedule(0.0)
+    timer = StepTimer(plan, truth, 0.0)
+    assert not timer.identity and StepTimer(plan, None, 0.0).identity
+    # 2 fresh prefills: c0 + 4e-5 per token on the truth model, whatever the plan predicted
+    assert timer(0, out) == pytest.approx(0.01 + 4e-5 * 350)
+    assert out.duration == pytest.approx(plan.batch_time([(300, 0), (50, 0)]))
+    with pytest.raises(ValueError):
+        StepTimer(plan, None, -0.1)
+
+
+def test_noise_changes_results_but_a_seed_reproduces_them_byte_for_byte() -> None:
+    def res(noise: float, seed: int = 0) -> str:
+        r = run(SimConfig(trace="sharegpt", rate=7.5, count=400, latency_noise=noise,
+                          seed=seed))
+        r["sim_wall_s"] = 0.0
+        return json.dumps(r, sort_keys=True)
+
+    a, b = res(0.05), res(0.05)
+    assert a == b
+    assert res(0.0) != a and res(0.10) != a
+    d = json.loads(a)
+    assert d["latency_noise"] == 0.05 and d["truth_profile"] == "llama3.1-8b@h100"
+    assert d["engine_caps"]["max_num_seqs"] == 1024
+
+
+# ---------------------------------------------------------------- admission rule
+def test_admission_decision_table() -> None:
+    r = R(0, arrival=0.0, ttft=1.0)
+    wait5, shed = ClassAdmission(5.0, False), ClassAdmission(5.0, True)
+    none = ClassAdmission(0.0, False)
+    assert decide(r, 0.5, 0.2, 0.0, wait5) is Decision.ADMIT  # 0.7 < 1.0
+    assert decide(r, 0.9, 0.2, 0.0, wait5) is Decision.WAIT  # 1.1 >= 1.0
+    assert decide(r, 0.9, 0.2, 0.0, shed) is Decision.SHED
+    assert decide(r, 0.9, 0.2, 0.0, none) is Decision.ADMIT  # nothing to wait for
+    assert decide(r, 0.9, 4.9, 4.9, wait5) is Decision.WAIT
+    assert decide(r, 0.9, 5.0, 5.0, wait5) is Decision.ADMIT  # 5.9 < 10 x 1.0: serve late
+    assert decide(r, 5.0, 5.0, 5.0, wait5) is Decision.TIMEOUT  # 10.0: hopelessly late
+
+
+# ---------------------------------------------------------------- admission in the simulator
+def _overload(seed: int = 5) -> list[Request]:
+    reqs = random_requests(seed, 1200, rate=80.0, ttft=0.3, tpot=0.05)
+    return reqs
+
+
+def test_simulated_admission_sheds_only_what_it_must_and_ends_everything() -> None:
+    m = toy_model()
+    rules = {"high": ClassAdmission(2.0, False), "low": ClassAdmission(2.0, True)}
+    reqs = _overload()
+    res = simulate(reqs, [make_scheduler("slide-bounded", m)],
+                   admission=lambda r: rules[r.cls], drain_s=600)
+    s = summarize(reqs, class_order=["high", "low"])
+    low, high = s["per_class"]["low"], s["per_class"]["high"]
+    assert low["rejected"] > 0  # overloaded: the sheddable class is refused when late
+    refused = [r for r in reqs if r.status == Status.REJECTED]
+    assert all(r.generated == 0 and r.gain() == 0 for r in refused)
+    assert all(r.finish_time >= r.arrival for r in refused)
+    assert s["rejected"] == len(refused) == low["rejected"] + high["rejected"]
+    # refusals count against attainment: the overall rate includes them as misses
+    met = sum(r.slo_met() for r in reqs)
+    assert s["slo_attainment"] == pytest.approx(met / len(reqs))
+    assert res.drained
+    # every request ended exactly once (the simulator checks it) in a final state
+    assert {r.status for r in reqs} <= {Status.FINISHED, Status.REJECTED}
+    # without admission nothing is refused, and the high class does worse
+    base = _overload()
+    simulate(base, [make_scheduler("slide-bounded", m)], drain_s=600)
+    sb = summarize(base, class_order=["high", "low"])
+    assert sb["rejected"] == 0
+    assert high["ttft_p99"] < sb["per_class"]["high"]["ttft_p99"]
+
+
+@pytest.mark.parametrize("ttft, served", [(0.2, True), (0.05, False)])
+def test_a_waiting_request_is_decided_again_when_its_timeout_passes(ttft: float,
+                                                                     served: bool) -> None:
+    """One instance busy with a long prefill (0.69 s); a request predicted late waits (not
+    sheddable); at its 0.5 s timeout it is served late if predicted under 10x its TTFT SLO,
+    else refused right then."""
+    m = toy_model()
+    blocker = R(0, arrival=0.0, prompt=20000, out=1, ttft=100.0)
+    late = R(1, arrival=0.01, prompt=100, out=2, ttft=ttft, cls="high")  # same weight
+    rules = {c: ClassAdmission(0.5, False) for c in ("low", "high")}
+    simulate([blocker, late], [make_scheduler("vllm-fcfs", m)],
+             admission=lambda r: rules[r.cls])
+    assert blocker.status == Status.FINISHED
+    if served:  # predicted first token ~1.1 s from arrival < 10 x 0.2 s
+        assert late.status == Status.FINISHED and late.ttft() > late.ttft_slo
+    else:  # ~1.1 s >= 10 x 0.05 s: refused when its timeout passed, not before, not after
+        assert late.status == Status.REJECTED and late.generated == 0
+        assert late.finish_time == pytest.approx(late.arrival + 0.5)
+
+
+def test_admission_cli_config_errors() -> None:
+    with pytest.raises(ValueError, match="shed"):
+        run(SimConfig(trace="sharegpt", rate=5, count=10, admission=True,
+                      shed_classes=["gold"]))
