@@ -18,14 +18,7 @@ POLICIES = policy_names()
 # Bugs these examples find deterministically (derandomize=True), kept visible as strict xfails:
 # the test still runs, and once a bug is fixed it XPASSes, which fails the suite until the mark
 # is removed. tests/engine/test_slide_behaviour.py has a hand-built regression for the first.
-KNOWN_BUGS = {
-    "slide-deadline-only": "livelock with anchored decode deadlines: a preempted request's "
-    "deadline jumps back to its (earlier) strict form, it goes first, recomputes to the decode "
-    "stage, its anchored deadline sends it to the tail, and the other recomputing request "
-    "preempts it before it decodes; no token is ever emitted again",
-    "slide-bounded": "a request preempted in a step is scheduled again in the same step (the "
-    "late-prefill slice and the main walk preempt independently)",
-}
+KNOWN_BUGS: dict[str, str] = {}  # none known; add "policy": "why" to keep one visible
 POLICY_PARAMS = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[p]))
                  if p in KNOWN_BUGS else p for p in POLICIES]
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from proserve.core.request import Request, Status
 from proserve.engine import make_scheduler
 from proserve.latency.model import LatencyModel
-from proserve.sim.simulator import SimulationError, simulate
+from proserve.sim.simulator import simulate
 
 
 def _low_then_high():
@@ -25,10 +23,6 @@ def _low_then_high():
     return low, high
 
 
-@pytest.mark.xfail(strict=True, raises=SimulationError, reason="known bug: the self-preempting "
-                   "request ends the running loop (vLLM's `break`), the step is empty and the "
-                   "simulator's 'an engine with work never schedules nothing' check raises; vLLM "
-                   "itself just runs the next step")
 def test_worst_priority_request_preempting_itself_does_not_stall_the_engine() -> None:
     low, high = _low_then_high()
     assert (low.status, high.status) == (Status.FINISHED, Status.FINISHED)

@@ -280,8 +280,6 @@ def test_strict_deadlines_finish_two_late_requests_on_tight_kv() -> None:
         (Status.FINISHED, 50), (Status.FINISHED, 50)]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: anchored decode deadlines livelock with tail "
-                   "preemption (see KNOWN_BUGS in test_engine_invariants.py)")
 def test_anchored_deadlines_finish_two_late_requests_on_tight_kv() -> None:
     assert [(r.status, r.generated) for r in _two_late_requests("anchored")] == [
         (Status.FINISHED, 50), (Status.FINISHED, 50)]

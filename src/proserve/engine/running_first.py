@@ -162,6 +162,14 @@ class RunningFirstScheduler(BaseScheduler):
                 waiting.pop()
                 running.append(r)
                 self._add(out, r, q, m.seq_time(q, r.computed))
+        if not out.reqs and out.preempted:
+            # the request that needed KV was itself the victim and vLLM's loop stopped there:
+            # vLLM then runs no model step and schedules again at once (its preemption freed
+            # KV); do the same, so a caller never sees an empty step from an engine with work.
+            # Terminates: every pass preempts a running request.
+            again = self.schedule(now)
+            again.preempted[:0] = out.preempted
+            return again
         return out
 
     def update_from_output(self, out: SchedulerOutput, now: float) -> list[Request]:

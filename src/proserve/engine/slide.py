@@ -44,8 +44,16 @@ from .table import strict_deadline
 
 
 def anchored_deadline(r: Request) -> float:
-    """The reference code's form: decode deadlines anchored on the actual first-token time."""
-    if r.generated > 0 and r.prompt_len + r.generated - r.computed <= 1:
+    """The reference code's form: once a request has its first token, its next token's deadline
+    is anchored on that first token's actual time.
+
+    It stays anchored while the request recomputes after a preemption: falling back to the
+    strict form there would move a late request's deadline *earlier* (to the head of the EDF
+    order) until it is one token short, then back later (to the tail), where another recomputing
+    request preempts it before it decodes; two such requests then swap forever (a livelock the
+    invariant tests found).
+    """
+    if r.generated > 0 and r.first_token_time >= 0:
         return r.first_token_time + r.generated * r.tpot_slo
     return strict_deadline(r)
 

@@ -98,8 +98,9 @@ class SlideBounded(SlideBatching):
             ref = budget if budget < math.inf else (
                 c0 + self.model.prefill_time(self.max_num_batched_tokens))
             self._walk(late, c0 + share * (ref - c0), out)
-            if out.reqs:
-                taken = {id(r) for r in out.reqs}
+            if out.reqs or out.preempted:
+                # scheduled in the slice, or preempted by it: neither may run again this step
+                taken = {id(r) for r in out.reqs} | {id(r) for r in out.preempted}
                 order = [r for r in order if id(r) not in taken]
         self._walk(order, budget, out)
         return out

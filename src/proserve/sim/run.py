@@ -6,6 +6,7 @@ processes) and the benchmarks, so every path builds workloads, engines and resul
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -68,6 +69,14 @@ class SimConfig(BaseModel):
     decode_instances: int | None = Field(default=None, ge=1)
     kv_link_gbytes_s: float = Field(default=50.0, gt=0)  # 400 Gb/s RDMA NIC per instance pair
     kv_link_latency_ms: float = Field(default=0.5, ge=0)
+
+    @field_validator("policy_args", "router_args")
+    @classmethod
+    def _args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # JSON has no infinity: a recorded config writes it as "inf" (see _config_json), and a
+        # config read back must mean the same number
+        return {k: float(x) if isinstance(x, str) and x.strip().lower() in ("inf", "+inf", "-inf")
+                else x for k, x in v.items()}
 
     @field_validator("mode")
     @classmethod
@@ -155,6 +164,20 @@ def load_model(cfg: SimConfig) -> LatencyModel:
     return model.with_kv_blocks(cfg.kv_blocks) if cfg.kv_blocks else model
 
 
+def _config_json(cfg: SimConfig) -> dict[str, Any]:
+    """The config as JSON can hold it: infinite parameters (``tau_s=inf``) become "inf", which
+    the config reads back as infinity, so a recorded config re-runs exactly."""
+    def enc(x: Any) -> Any:
+        if isinstance(x, float) and math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if isinstance(x, dict):
+            return {k: enc(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        return x
+    return enc(cfg.model_dump())
+
+
 def _caps(engine, model: LatencyModel) -> dict[str, Any]:
     """The engine's token/sequence caps and where their defaults came from."""
     return {"max_num_batched_tokens": engine.max_num_batched_tokens,
@@ -237,7 +260,7 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
             for k, (e, b) in enumerate(zip(res.engines, res.busy_time))
         ],
         "workload": wl_info,
-        "config": cfg.model_dump(),
+        "config": _config_json(cfg),
         "sim_wall_s": time.perf_counter() - t0,
     }
     out = clean_floats(out)
