@@ -18,8 +18,8 @@ lint: install
 # alone, so their servers do not compete for the CPU with the live-serving tests; then everything
 # else in two processes. pytest exits 5 when it collects no test: fine for the optional `vllm`
 # subset, a failure for the main suite. In CI (CI=true) a test that cannot run fails, naming why
-# (tests/conftest.py: need). Last, every docs/BENCHMARKS.md number that points at a raw file is
-# checked against it.
+# (tests/conftest.py: need). The suite also checks every docs/BENCHMARKS.md table against its raw
+# output (tests/meta/test_check_docs.py runs benchmarks/check_docs.py).
 test: lint
 	$(PYTEST) -rs -m vllm; rc=$$?; if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi
 	$(PYTEST) -rs -n 2 -m "not vllm"; rc=$$?; if [ $$rc -eq 5 ]; then echo "error: the main suite collected no test"; exit 1; fi; exit $$rc

@@ -62,5 +62,4 @@ def test_waiting_high_class_preempts_running_low_class(vllm_plugin_server) -> No
         assert high["tokens"] == 16 and all(x["tokens"] == 1500 for x in lows)
         assert all(still_running)  # the high request finished while both lows still ran
         assert 1 <= after - before <= 2  # ... because it preempted one of them, without churn
-        assert high["total"] < min(x["total"] for x in lows) / 2
     asyncio.run(go())
