@@ -261,29 +261,26 @@ def compare(
     write_csv(results, out / "results.csv")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out / "plot.png", f"{trace} / {profile} / {instances} instance(s)")
-    t = Table(title="TDG ratio (SLO attainment) by rate")
+    out_console.print(_rate_table(
+        "TDG ratio (SLO attainment) by rate", results, rate_list, label,
+        lambda m: f"{100 * m['tdg_ratio']:.1f} ({100 * m['slo_attainment']:.1f})"))
+    out_console.print(_rate_table(
+        "TTFT p99 s (longest wait s) by rate", results, rate_list, label,
+        lambda m: f"{_fmt(m.get('ttft_p99'))} ({_fmt(m.get('max_wait_s'))})"))
+    err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
+
+
+def _rate_table(title: str, results: list[dict], rates: list[float], label: Any,
+                cell: Any) -> Table:
+    """One row per series, one column per rate, ``cell(result)`` in each."""
+    t = Table(title=title)
     t.add_column("series")
-    for r in rate_list:
+    for r in rates:
         t.add_column(f"{r:g}/s", justify="right")
     for series in dict.fromkeys(label(x) for x in results):
-        cells = []
-        for r in rate_list:
-            m = next(x for x in results if label(x) == series and x["config"]["rate"] == r)
-            cells.append(f"{100 * m['tdg_ratio']:.1f} ({100 * m['slo_attainment']:.1f})")
-        t.add_row(series, *cells)
-    out_console.print(t)
-    tt = Table(title="TTFT p99 s (longest wait s) by rate")
-    tt.add_column("series")
-    for r in rate_list:
-        tt.add_column(f"{r:g}/s", justify="right")
-    for series in dict.fromkeys(label(x) for x in results):
-        cells = []
-        for r in rate_list:
-            m = next(x for x in results if label(x) == series and x["config"]["rate"] == r)
-            cells.append(f"{_fmt(m.get('ttft_p99'))} ({_fmt(m.get('max_wait_s'))})")
-        tt.add_row(series, *cells)
-    out_console.print(tt)
-    err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
+        t.add_row(series, *(cell(next(x for x in results if label(x) == series
+                                      and x["config"]["rate"] == r)) for r in rates))
+    return t
 
 
 def _registry_table(title: str, rows: list[tuple[str, str]]) -> None:
