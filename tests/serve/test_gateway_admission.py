@@ -29,7 +29,9 @@ from proserve.serve.gateway_config import GatewayConfig
 MODEL = "m"
 # fast: late behind any real work; relaxed: same work is on time for its TTFT, but its TPOT SLO
 # is tight (a gateway comparing the prediction against the wrong SLO flips both).
-CLASSES = "fast:w=4,ttft=100ms,tpot=1s;relaxed:w=2,ttft=2s,tpot=10ms;bulk:w=1,ttft=100ms,tpot=1s"
+# relaxed outweighs fast: the gateway predicts a request behind work of its own weight or more
+# (a priority engine serves heavier work first), so the big relaxed request delays fast ones
+CLASSES = "fast:w=2,ttft=100ms,tpot=1s;relaxed:w=4,ttft=2s,tpot=10ms;bulk:w=1,ttft=100ms,tpot=1s"
 FAST = {"Authorization": "Bearer k-fast"}
 RELAXED = {"Authorization": "Bearer k-relaxed"}
 BIG = 7000  # prompt tokens of the request that keeps the backend busy

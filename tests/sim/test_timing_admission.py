@@ -4,6 +4,7 @@ control shared with the gateway."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -150,3 +151,20 @@ def test_admission_cli_config_errors() -> None:
     with pytest.raises(ValueError, match="shed"):
         run(SimConfig(trace="sharegpt", rate=5, count=10, admission=True,
                       shed_classes=["gold"]))
+
+
+def test_predicted_ttft_counts_only_work_a_priority_engine_serves_first() -> None:
+    from proserve.cluster.view import predicted_ttft, view_of, work_time
+
+    m = toy_model()
+    eng = make_scheduler("slide-bounded", m)
+    eng.add_request(R(0, prompt=2000, w=1.0), 0.0)  # light queued work
+    v = view_of(eng, 0, 0.0)
+    own = work_time(m.prefill_time(100), m.c0)
+    both = work_time(m.prefill_time(2000), m.c0) + own
+    assert predicted_ttft(v, 100) == pytest.approx(both)  # FCFS: behind everything
+    assert predicted_ttft(v, 100, weight=1.0) == pytest.approx(both)  # same weight: behind it
+    assert predicted_ttft(v, 100, weight=2.0) == pytest.approx(own)  # heavier: overtakes it
+    # work of unknown priority (no SLO: a gateway's padding) always counts
+    v.load.prefill.append((2000, 0, 1.0, 0.0, math.inf, math.inf, 0))
+    assert predicted_ttft(v, 100, weight=2.0) == pytest.approx(both)

@@ -98,11 +98,14 @@ def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = N
     ``weight``: the request's weight; queued work of a *lower* weight is then assumed to be
     overtaken (every priority-aware engine policy of ours, and vLLM's priority scheduling, serve
     the heavier class first), so it does not delay the request. ``None``: FCFS, all of it does.
+    Work of unknown priority (items without an SLO: the gateway's padding for queued requests a
+    backend reports but the gateway did not send) always counts.
     """
     m = view.model
     ld = view.load
     step = decode_step(m, ld.decodes, ld.decode_context)
-    ahead = ld.prefill if weight is None else [it for it in ld.prefill if it[2] >= weight]
+    ahead = ld.prefill if weight is None else [
+        it for it in ld.prefill if it[2] >= weight or math.isinf(it[4])]
     return drain_time(ahead, m, step, slice_s) + work_time(m.prefill_time(prompt_len), step,
                                                             slice_s)
 
