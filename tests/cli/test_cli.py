@@ -70,7 +70,8 @@ def test_policy_arg_and_kv_blocks(tmp_path: Path) -> None:
     guard = sim("guard", "--policy", "slide", "--policy-arg", "tau_s=1",
                 "--policy-arg", "deadline_mode=strict")
     assert inf["kv_blocks"] == 900
-    assert inf["config"]["policy_args"] == {"lam": 0.8, "tau_s": "inf"}  # JSON re-runnable
+    assert inf["config"]["policy_args"] == {"lam": 0.8, "tau_s": "inf",  # JSON re-runnable
+                                            "deadline_mode": "strict"}
     assert guard["config"]["policy_args"]["tau_s"] == 1
 
     def outcome(d: dict) -> dict:
