@@ -252,12 +252,81 @@ def grid(ctx: Ctx, row: list[str]) -> Expected:
         kw: dict[str, Any] = {"rate": first_number(h.rsplit(" ", 1)[-1])}
         if len(label) == 2:
             kw["router"], kw["policy"] = label
-        elif "router" in recs[0]:
+        elif "router" in recs[0] and len({x["policy"] for x in recs}) == 1:
             kw["router"] = label[0]
         else:
             kw["policy"] = label[0]
         r = find(recs, **kw)
         out[c] = [pct(r["tdg_ratio"]), pct(r["slo_attainment"])]
+    return out
+
+
+@rule("grid-p99")
+def grid_p99(ctx: Ctx, row: list[str]) -> Expected:
+    """`proserve compare` results.csv: rows are policies, columns rates; a cell is the TTFT p99
+    in seconds."""
+    out: Expected = {}
+    for c, h in enumerate(ctx.table.header[1:], start=1):
+        r = find(ctx.files[0], policy=plain(row[0]), rate=first_number(plain(h)))
+        out[c] = [float(r["ttft_p99"])]
+    return out
+
+
+def _args_label(policy: str, args: dict) -> str:
+    inner = ", ".join(f"{k}={'inf' if v is None else f'{v:g}'}" for k, v in args.items())
+    return f"{policy} ({inner})" if inner else policy
+
+
+FRONTIER_COLS = {"TDG %": ("tdg_ratio", pct), "SLO att %": ("slo_attainment", pct),
+                 "TTFT p99 s": ("ttft_p99", float), "E2E p99 s": ("e2e_p99", float),
+                 "longest wait s": ("max_wait_s", float)}
+
+
+@rule("frontier")
+def frontier(ctx: Ctx, row: list[str]) -> Expected:
+    """starvation_frontier.py JSON: rows 'policy (arg=value)'; columns as it prints them."""
+    want = plain(row[0])
+    hits = [p for p in ctx.files[0]["points"]
+            if _args_label(p["policy"], p["policy_args"]) == want]
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} frontier points named {want!r}")
+    out: Expected = {0: None}  # the label holds parameter values, matched above
+    for c, h in enumerate(ctx.table.header[1:], start=1):
+        key, f = FRONTIER_COLS[plain(h)]
+        out[c] = [f(hits[0][key])]
+    return out
+
+
+@rule("noise")
+def noise(ctx: Ctx, row: list[str]) -> Expected:
+    """noise_sensitivity.py JSON: rows 'trace @ rate | policy | noise CV'; TDG %, SLO %, p99."""
+    trace, rate = plain(row[0]).split(" @ ")
+    r = find(ctx.files[0]["points"], trace=trace, rate=float(rate), policy=plain(row[1]),
+             latency_noise=first_number(row[2]))
+    out: Expected = {0: None, 2: [float(r["latency_noise"])]}
+    for c, h in enumerate(ctx.table.header[3:], start=3):
+        key, f = FRONTIER_COLS[plain(h)]
+        out[c] = [f(r[key])]
+    return out
+
+
+@rule("admission")
+def admission(ctx: Ctx, row: list[str]) -> Expected:
+    """admission_overload.py JSON: rows 'policy | admission (off, or on, TIMEOUT s) | class'; SLO
+    att %, refused, TTFT p99 s, admitted over (queue timeout + TTFT SLO), worst excess s."""
+    on = plain(row[1]).startswith("on")
+    kw: dict[str, Any] = {"policy": plain(row[0]), "admission": str(on)}
+    if on:
+        kw["queue_timeout_s"] = first_number(row[1])
+    x = find(ctx.files[0]["points"], **kw)
+    cls = plain(row[2])
+    m, w = x["per_class"][cls], x["admitted_wait"][cls]
+    keys = {"SLO att %": pct(m["slo_attainment"]), "refused": float(m["rejected"]),
+            "TTFT p99 s": float(m["ttft_p99"]), "admitted over timeout+SLO": float(
+                w["over_bound"]), "worst excess s": float(w["worst_excess_s"])}
+    out: Expected = {c: [keys[plain(h)]] for c, h in enumerate(ctx.table.header)
+                     if plain(h) in keys}
+    out[1] = [float(x["queue_timeout_s"])] if on else None
     return out
 
 

@@ -63,45 +63,72 @@ class SlideBounded(SlideBatching):
         self.late_horizon = late_horizon
         self.last_share = 0.0  # introspection: the share given to late work last step
 
-    def _late(self, now: float) -> list[Request]:
-        """The oldest prefill-stage requests that can no longer make their next deadline."""
+    def _late_positions(self, slots: np.ndarray, now: float) -> np.ndarray:
+        """Positions (into ``slots``) of the oldest prefill-stage requests that can no longer
+        make their next deadline, oldest first (ties by id)."""
         t = self.table
-        slots = t.active_slots()
-        if slots.size == 0:
-            return []
-        late = t.pre[slots] & (t.dl[slots] - now < t.t_hat[slots] + self.model.c0)
-        if not late.any():
-            return []
-        cand = slots[late]
-        key = t.arrival[cand]  # oldest first among the late
-        if cand.size > _MAX_LATE_PER_STEP:
-            part = np.argpartition(key, _MAX_LATE_PER_STEP - 1)[:_MAX_LATE_PER_STEP]
-            cand, key = cand[part], key[part]
-        o = np.lexsort((t.rid[cand], key))
-        return t.requests_at(cand[o])
+        late = np.flatnonzero(t.pre[slots] & (t.dl[slots] - now < t.t_hat[slots] + self.model.c0))
+        if late.size > _MAX_LATE_PER_STEP:
+            late = late[np.argpartition(t.arrival[slots[late]],
+                                        _MAX_LATE_PER_STEP - 1)[:_MAX_LATE_PER_STEP]]
+        s = slots[late]
+        return late[np.lexsort((t.rid[s], t.arrival[s]))]
+
+    def _late_small(self, now: float) -> list[Request]:
+        """:meth:`_late_positions` in plain Python, for short queues (same floats, same order)."""
+        t = self.table
+        dl, th, c0 = t.py_dl, t.py_t_hat, self.model.c0
+        late = [r for s, r in t.items()
+                if (r.generated == 0 or r.prompt_len + r.generated - r.computed > 1)
+                and dl[s] - now < th[s] + c0]
+        late.sort(key=lambda r: (r.arrival, r.id))
+        return late[:_MAX_LATE_PER_STEP]
+
+    def _share(self, oldest: Request, now: float) -> float:
+        lateness = now - (oldest.arrival + oldest.ttft_slo)
+        return self.late_share * min(1.0, max(lateness, 0.0) /
+                                     (self.late_horizon * oldest.ttft_slo))
 
     def schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
-        if len(self.table) == 0:
+        t = self.table
+        if len(t) == 0:
             return out
-        order, budget = self.ordered(now)
         c0 = self.model.c0
-        late = self._late(now) if self.late_share > 0 else []
-        share = 0.0
-        if late:
-            oldest = late[0]
-            lateness = now - (oldest.arrival + oldest.ttft_slo)
-            share = self.late_share * min(1.0, max(lateness, 0.0) /
-                                          (self.late_horizon * oldest.ttft_slo))
+        # Hot path: the order is computed once, as SlideBatching's; the late slice reuses its
+        # columns, and the requests it took are masked out of the order before the order is
+        # turned into Python objects (no second pass over a long queue).
+        slots = t.active_slots()
+        small = len(t) <= self.small_queue
+        if small:
+            order, budget = self.plan_small(now)
+        else:
+            perm, budget = self.plan(now, slots)
+        if self.late_share <= 0:
+            late_pos, late = slots[:0], []
+        elif small:  # a dozen numpy calls cost more than a Python pass over a short queue
+            late_pos, late = slots[:0], self._late_small(now)
+        else:
+            late_pos = self._late_positions(slots, now)
+            late = t.requests_at(slots[late_pos]) if late_pos.size else []
+        share = self._share(late[0], now) if late else 0.0
         self.last_share = share
+        taken: set[int] = set()
         if share > 0:
             ref = budget if budget < math.inf else (
                 c0 + self.model.prefill_time(self.max_num_batched_tokens))
             self._walk(late, c0 + share * (ref - c0), out)
-            if out.reqs or out.preempted:
-                # scheduled in the slice, or preempted by it: neither may run again this step
-                taken = {id(r) for r in out.reqs} | {id(r) for r in out.preempted}
+            # scheduled in the slice, or preempted by it: neither may run again this step
+            taken = {id(r) for r in out.reqs} | {id(r) for r in out.preempted}
+        if small:
+            if taken:
                 order = [r for r in order if id(r) not in taken]
+        else:
+            if taken:
+                keep = np.ones(slots.size, bool)
+                keep[[p for p, r in zip(late_pos, late) if id(r) in taken]] = False
+                perm = perm[keep[perm]]
+            order = t.requests_at(slots[perm])
         self._walk(order, budget, out)
         return out
 
