@@ -26,7 +26,9 @@ What was measured (docs/BENCHMARKS.md, "slide-bounded"): the order of late work 
 FCFS, weighted age and weighted highest-response-ratio (FCFS had the best TTFT p99 at equal gain);
 a slice *added* to the step instead of carved out of it (bounded the tail but every decode then
 missed its pace: TDG fell to Sarathi's); strict instead of anchored decode deadlines (lower
-request-level attainment, no better tail). ``late_share`` was chosen on azure-code and
+request-level attainment, no better tail); pacing the decodes of requests that already missed
+their TTFT at 3x their TPOT SLO, to free capacity (less gain on azure-conv, a longer tail on
+sharegpt). ``late_share`` was chosen on azure-code and
 arxiv-lengths, not on the acceptance traces: 0.25 is the smallest share whose TTFT p99 matched
 the best baseline's on azure-code @ 7 req/s (20.2 s, at 2.1x its TDG) and it cut slide-nostarve's
 p99 on arxiv-lengths @ 10 req/s from 63 s to 12 s at 1.85x the best baseline's TDG; 0.5 and
