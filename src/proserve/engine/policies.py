@@ -1,3 +1,3 @@
 """Imports every built-in policy module so that their ``register_policy`` calls run."""
 
-from . import deadline, running_first, slide, slide_bounded  # noqa: F401
+from . import deadline, dynamic_chunk, running_first, slide, slide_bounded  # noqa: F401
