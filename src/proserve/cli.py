@@ -270,6 +270,73 @@ def compare(
     err.print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'plot.png'}")
 
 
+@app.command()
+def goodput(
+    trace: str = TraceOpt,
+    duration: float | None = typer.Option(600.0, "--duration", help="Seconds of the trace per simulated point."),
+    count: int | None = CountOpt,
+    policy: str = typer.Option("slide-bounded", "--policy", help="Engine scheduler (see `proserve policies`)."),
+    policy_arg: list[str] | None = PArgOpt,
+    router: str | None = RouterOpt,
+    router_arg: list[str] | None = RArgOpt,
+    instances: int = typer.Option(1, "--instances", help="Engine instances (co-located mode)."),
+    mode: str = ModeOpt,
+    prefill_instances: int | None = PInstOpt,
+    decode_instances: int | None = DInstOpt,
+    profile: str = ProfileOpt,
+    classes: str | None = ClassesOpt,
+    seed: int = SeedOpt,
+    arrival: str = ArrOpt,
+    latency_noise: float = NoiseOpt,
+    threshold: float = typer.Option(0.9, "--threshold", help="Deadline-SLO attainment the goodput must keep (every token by arrival + TTFT + i*TPOT)."),
+    guess: float | None = typer.Option(None, "--guess", help="First rate to try (default: one per instance)."),
+    rel_tol: float = typer.Option(0.02, "--rel-tol", help="Stop when the bracket is this close (relative)."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel processes (default: CPU count, at most 4)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the result JSON here."),
+) -> None:
+    """The largest rate the fleet sustains at the attainment threshold, and the fluid bound."""
+    from .experiments.goodput import search
+
+    n = (prefill_instances or 0) + (decode_instances or 0) if mode == "disaggregated" else instances
+    base = _config(trace=trace, duration=duration, count=count, policy=policy,
+                   policy_args=_policy_args(policy_arg), router=router,
+                   router_args=_policy_args(router_arg, "--router-arg"), instances=instances,
+                   mode=mode, prefill_instances=prefill_instances,
+                   decode_instances=decode_instances, profile=profile, classes=classes, seed=seed,
+                   arrival=arrival, latency_noise=latency_noise, rate=guess or float(max(n, 1)))
+    if not 0 < threshold <= 1 or rel_tol <= 0:
+        _fail("--threshold must be in (0, 1] and --rel-tol positive")
+    try:
+        res = search(base, threshold=threshold, guess=guess, rel_tol=rel_tol, workers=workers,
+                     on_point=lambda r, a: err.print(f"  {r:9.3f} req/s: attainment {100 * a:5.1f}%"
+                                                     + ("" if a >= threshold else "  (fails)")))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    t = Table(title=f"goodput of {policy} ({base.router or 'single'}) x {max(n, 1)} on {trace}, "
+                    f">= {100 * threshold:g}% deadline attainment")
+    for col in ("goodput req/s", "per instance", "optimal per instance", "fraction of optimal",
+                "attainment", "server-seconds"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{res['goodput_rps']:.3f}", f"{res['goodput_per_instance']:.3f}",
+              f"{res['optimal_goodput_per_instance']:.3f}",
+              _fmt(res["fraction_of_optimal"], pct=True), _fmt(res["attainment"], pct=True),
+              f"{res['server_seconds']:.0f}")
+    out_console.print(t)
+    ct = Table(title="per class at the goodput rate")
+    for col in ("class", "deadline att", "SLO att", "TDG", "TTFT p99 ms", "TPOT p99 ms"):
+        ct.add_column(col, justify="right")
+    for c, m in res["per_class"].items():
+        ct.add_row(c, _fmt(m["deadline_attainment"], pct=True), _fmt(m["slo_attainment"], pct=True),
+                   _fmt(m["tdg_ratio"], pct=True), _fmt(m["ttft_p99"], ms=True),
+                   _fmt(m["tpot_p99"], ms=True))
+    out_console.print(ct)
+    err.print(f"{len(res['points'])} rates simulated; first failing rate {res['first_failing_rps']:.3f} req/s")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        err.print(f"wrote {out}")
+
+
 def _rate_table(title: str, results: list[dict], rates: list[float], label: Any,
                 cell: Any) -> Table:
     """One row per series, one column per rate, ``cell(result)`` in each."""

@@ -66,6 +66,9 @@ def summarize_group(
         "tdg_ratio": gain / max_gain if max_gain > 0 else 0.0,
         "slo_attainment": float(slo.mean()),
         "ttft_attainment": float(first_ok.mean()),  # first token within the TTFT SLO
+        # PolyServe's deadline SLO: finished with *every* token by arrival + TTFT + i * TPOT
+        "deadline_attainment": float(np.mean(finished & (first_ok > 0)
+                                             & (dec_ok == np.maximum(out_len - 1, 0)))),
         "token_deadline_attainment": (
             tokens_on_time / float(out_len.sum()) if out_len.sum() else 0.0
         ),
