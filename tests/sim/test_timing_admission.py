@@ -168,3 +168,19 @@ def test_predicted_ttft_counts_only_work_a_priority_engine_serves_first() -> Non
     # work of unknown priority (no SLO: a gateway's padding) always counts
     v.load.prefill.append((2000, 0, 1.0, 0.0, math.inf, math.inf, 0))
     assert predicted_ttft(v, 100, weight=2.0) == pytest.approx(both)
+
+
+@pytest.mark.parametrize("policy, skips", [("vllm-fcfs", False), ("sarathi-fcfs", False),
+                                           ("edf", False), ("slide-deadline-only", False),
+                                           ("vllm-priority", True), ("slide", True)])
+def test_only_value_ordered_engines_let_a_heavier_request_skip_the_queue(policy: str,
+                                                                          skips: bool) -> None:
+    from proserve.cluster.view import predicted_ttft, view_of, work_time
+
+    m = toy_model()
+    eng = make_scheduler(policy, m)
+    eng.add_request(R(0, prompt=2000, w=1.0), 0.0)
+    v = view_of(eng, 0, 0.0)
+    own = work_time(m.prefill_time(100), m.c0)
+    both = work_time(m.prefill_time(2000), m.c0) + own
+    assert predicted_ttft(v, 100, weight=2.0) == pytest.approx(own if skips else both)

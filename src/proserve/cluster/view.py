@@ -95,16 +95,17 @@ def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = N
     work ahead of it, then its own prefill, each paying the iterations it needs. The one formula
     GoRouting's light/heavy test and the admission decision (gateway and simulator) share.
 
-    ``weight``: the request's weight; queued work of a *lower* weight is then assumed to be
-    overtaken (every priority-aware engine policy of ours, and vLLM's priority scheduling, serve
-    the heavier class first), so it does not delay the request. ``None``: FCFS, all of it does.
+    ``weight``: the request's weight. If the engine serves heavier work first
+    (``load.orders_by_value``: our priority and SlideBatching policies, and, assumed, a gateway's
+    backends, which receive each request's priority), queued work of a *lower* weight is
+    overtaken and does not delay the request; otherwise (FCFS, EDF) all queued work counts.
     Work of unknown priority (items without an SLO: the gateway's padding for queued requests a
     backend reports but the gateway did not send) always counts.
     """
     m = view.model
     ld = view.load
     step = decode_step(m, ld.decodes, ld.decode_context)
-    ahead = ld.prefill if weight is None else [
+    ahead = ld.prefill if weight is None or not ld.orders_by_value else [
         it for it in ld.prefill if it[2] >= weight or math.isinf(it[4])]
     return drain_time(ahead, m, step, slice_s) + work_time(m.prefill_time(prompt_len), step,
                                                             slice_s)

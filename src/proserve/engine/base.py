@@ -90,6 +90,10 @@ class EngineLoad:
     total_blocks: int
     received: int = -1  # requests the engine had been given (-1: unknown to the source)
     min_decode_tpot: float = float("inf")  # tightest TPOT SLO among decode-stage requests
+    # does the engine serve more valuable (heavier) work first? Then queued lighter work does not
+    # delay a new heavier request (cluster.view.predicted_ttft). Sources that cannot tell (a
+    # gateway's backends, which receive each request's priority) assume it does.
+    orders_by_value: bool = True
 
 
 @runtime_checkable
@@ -132,6 +136,7 @@ class BaseScheduler:
         self.num_finished = 0
         self.tokens_emitted = 0  # for the simulator's token-conservation check
         self.num_received = 0  # add_request calls: lets a router tell what a view includes
+        self.orders_by_value = False  # policies that serve heavier work first set it
 
     # ------------------------------------------------------------------ policy hooks
     def _enqueue(self, req: Request, now: float) -> None:
@@ -292,7 +297,7 @@ class BaseScheduler:
                 if r.tpot_slo < min_tpot:
                     min_tpot = r.tpot_slo
         return EngineLoad(prefill, decodes, ctx, self.kv.free, self.kv.total, self.num_received,
-                          min_tpot)
+                          min_tpot, self.orders_by_value)
 
     def new_output(self) -> SchedulerOutput:
         return SchedulerOutput(duration=self.model.c0)

@@ -60,6 +60,7 @@ class RunningFirstScheduler(BaseScheduler):
         self.priority = priority
         self.decode_first = decode_first
         self.sort_running = sort_running
+        self.orders_by_value = priority and fairness is None
         self.running: list[Request] = []
         self.vtc: VTCQueue | None = None
         if fairness is not None:

@@ -105,6 +105,7 @@ class SlideBatching(UnifiedQueueScheduler):
         self.w_p = w_p
         self.w_d = w_d
         self.order = order
+        self.orders_by_value = order != "deadline"  # density by weight, unless pure EDF
         self.use_latency_budget = budget == "latency"
         # Introspection for timelines / tests: the last iteration's budget, Phi and urgent count.
         self.last_budget = math.inf

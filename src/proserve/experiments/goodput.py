@@ -24,13 +24,14 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
 from ..core.request import Request
 from ..latency.model import LatencyModel
-from ..sim.run import SimConfig, load_model, run
+from ..sim.run import SimConfig, build_workload, load_model, run
 
 
 def _point(cfg_json: str) -> dict:
@@ -53,12 +54,8 @@ def request_cost_s(m: LatencyModel, r: Request) -> float:
 
 def optimal_per_instance(cfg: SimConfig, rate: float) -> float:
     """Fluid bound on goodput per instance (req/s) for the workload at ``rate``."""
-    from ..workload import make_workload
-
     m = load_model(cfg)
-    reqs, _ = make_workload(cfg.trace, rate=rate, duration=cfg.duration, count=cfg.count,
-                            classes=cfg.classes, model=m, seed=cfg.seed, arrival=cfg.arrival,
-                            cv=cfg.cv, max_model_len=cfg.max_model_len)
+    reqs, _ = build_workload(cfg.model_copy(update={"rate": rate}), m)
     if not reqs:
         raise ValueError("the workload is empty")
     cost = float(np.sum([request_cost_s(m, r) for r in reqs]))
@@ -94,8 +91,7 @@ def search(base: SimConfig, *, threshold: float = 0.9, guess: float | None = Non
         return (max(below) if below else None), hi
 
     rate = guess or float(base.instances)
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Null() as pool:
-        ex = pool if workers > 1 else None
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as ex:
         evaluate([rate], ex)
         for _ in range(max_rounds):  # bracket: double up or halve down, several at once
             lo, hi = bracket()
@@ -140,10 +136,3 @@ def search(base: SimConfig, *, threshold: float = 0.9, guess: float | None = Non
         "config": best["config"],
     }
 
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -164,6 +164,15 @@ def load_model(cfg: SimConfig) -> LatencyModel:
     return model.with_kv_blocks(cfg.kv_blocks) if cfg.kv_blocks else model
 
 
+def build_workload(cfg: SimConfig, model: LatencyModel):
+    """The requests (and workload info) a config describes, SLOs resolved on ``model``."""
+    return make_workload(
+        cfg.trace, rate=cfg.rate, duration=cfg.duration, count=cfg.count, classes=cfg.classes,
+        model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
+        max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
+    )
+
+
 def _config_json(cfg: SimConfig) -> dict[str, Any]:
     """The config as JSON can hold it: infinite parameters (``tau_s=inf``) become "inf", which
     the config reads back as infinity, so a recorded config re-runs exactly."""
@@ -193,11 +202,7 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     t0 = time.perf_counter()
     model = load_model(cfg)
     classes = parse_classes(cfg.classes)
-    reqs, wl_info = make_workload(
-        cfg.trace, rate=cfg.rate, duration=cfg.duration, count=cfg.count, classes=cfg.classes,
-        model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
-        max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
-    )
+    reqs, wl_info = build_workload(cfg, model)
     def engines(n: int) -> list:
         return [make_scheduler(cfg.policy, model, **cfg.policy_args) for _ in range(n)]
 
