@@ -17,6 +17,7 @@ import sys
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
+from tests.serve.helpers import until
 
 from proserve.latency.profiles import load_profile
 from proserve.serve.bench import BenchConfig, run_bench
@@ -35,14 +36,6 @@ def workload(n: int, rate: float, seed: int = 0):
         r.output_len = min(r.output_len, 40)
     return reqs
 
-
-async def until(pred, what: str, tries: int = 3000) -> None:
-    """Wait for ``pred`` (bounded by a number of polls; no duration is asserted)."""
-    for _ in range(tries):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
 
 
 def sample_sum(text: str, prefix: str) -> float:

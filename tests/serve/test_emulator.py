@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp.test_utils import TestClient, TestServer
+from tests.serve.helpers import record_submits, sse, until
 
 from proserve.core.request import Status
 from proserve.serve.emulator import EmulatedEngine, EmulatorConfig
@@ -25,22 +25,6 @@ async def start(**kw) -> tuple[EmulatedEngine, TestClient]:
     return eng, client
 
 
-async def until(pred, what: str, tries: int = 3000) -> None:
-    """Wait for ``pred`` (bounded by a number of polls; no duration is asserted)."""
-    for _ in range(tries):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
-
-
-def sse(text: str) -> list:
-    out = []
-    for block in text.split("\n\n"):
-        if block.startswith("data: "):
-            data = block[6:]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def test_completion_non_streaming_counts_tokens() -> None:
@@ -204,14 +188,7 @@ def test_priority_reaches_the_engine_scheduler() -> None:
 def test_client_disconnect_aborts_and_frees_kv() -> None:
     async def go():
         eng, c = await start(time_scale=0.2)
-        seen = []
-        orig = eng.loop.submit
-
-        def spy(req):
-            seen.append(req)
-            return orig(req)
-
-        eng.loop.submit = spy
+        seen = record_submits(eng)
         try:
             r = await c.post("/v1/completions", json={
                 "model": MODEL, "prompt": list(range(100)), "max_tokens": 8000, "stream": True})
@@ -231,14 +208,7 @@ def test_client_disconnect_aborts_and_frees_kv() -> None:
 def test_slo_fields_from_vllm_xargs() -> None:
     async def go():
         eng, c = await start(classes="gold:w=4,ttft=300ms;std:w=1")
-        seen = []
-        orig = eng.loop.submit
-
-        def spy(req):
-            seen.append(req)
-            return orig(req)
-
-        eng.loop.submit = spy
+        seen = record_submits(eng)
         try:
             await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2,
                                                   "priority": 5})

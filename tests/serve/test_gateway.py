@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from tests.serve.helpers import sse
 
 from proserve.serve.emulator import EmulatedEngine, EmulatorConfig
 from proserve.serve.gateway import Gateway, TokenBucket
@@ -24,10 +25,6 @@ BRONZE = {"Authorization": "Bearer k-bronze"}
 def run(coro):
     return asyncio.run(coro)
 
-
-def sse(text: str) -> list:
-    return [b[6:] if b[6:] == "[DONE]" else json.loads(b[6:])
-            for b in text.split("\n\n") if b.startswith("data: ")]
 
 
 async def server(app: web.Application) -> TestServer:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
+from tests.serve.helpers import until
 
 from proserve.cluster.view import predicted_ttft
 from proserve.core.request import Request, Status
@@ -116,14 +117,6 @@ async def gateway(urls: list[str], clock: FakeClock, **over) -> tuple[Gateway, T
     await client.start_server()
     return gw, client
 
-
-async def until(pred: Callable[[], bool], what: str, tries: int = 3000) -> None:
-    """Wait (bounded: the number of polls, not a duration that is asserted) for ``pred``."""
-    for _ in range(tries):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
 
 
 def post(c: TestClient, n: int, headers: dict, **extra) -> asyncio.Task:
