@@ -106,6 +106,7 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice (same see
 KvOpt = typer.Option(None, "--kv-blocks", help="Override the profile's KV capacity in blocks.")
 ArrOpt = typer.Option("poisson", "--arrival", help="Arrivals for length-only traces: poisson | gamma.")
 CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-arrival times.")
+SynthOpt = typer.Option(False, "--synthetic-arrivals", help="Timestamped traces: keep only their lengths and draw --arrival (Poisson) arrivals at --rate, as PolyServe's evaluation does.")
 DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep serving after the last arrival.")
 TenantOpt = typer.Option(None, "--tenant-classes", help="Map tenants (ServeGen clients) to classes: 'volume' (heaviest tenants to the first class, by share), 'top:0.2', or 'client-5=high,client-9=low'.")
 RouterOpt = typer.Option(None, "--router", help="Router across instances (see `proserve routers`); default round-robin when instances > 1.")
@@ -127,13 +128,14 @@ def simulate(
     rate: float | None = RateOpt,
     duration: float | None = DurOpt,
     count: int | None = CountOpt,
-    policy: str = typer.Option("slide-bounded", "--policy", help="Engine scheduler (see `proserve policies`); slide-bounded is the recommended one."),
+    policy: str | None = typer.Option(None, "--policy", help="Engine scheduler (see `proserve policies`). Default: slide-bounded (the recommended one), or the router's own engine (polyserve: dynamic-chunk; co-chunk: sarathi-fcfs)."),
     profile: str = ProfileOpt,
     seed: int = SeedOpt,
     classes: str | None = ClassesOpt,
     kv_blocks: int | None = KvOpt,
     arrival: str = ArrOpt,
     cv: float = CvOpt,
+    synthetic_arrivals: bool = SynthOpt,
     drain: float = DrainOpt,
     policy_arg: list[str] | None = PArgOpt,
     tenant_classes: str | None = TenantOpt,
@@ -165,6 +167,7 @@ def simulate(
         trace=trace, rate=rate, duration=duration, count=count, policy=policy,
         policy_args=_policy_args(policy_arg), profile=profile, seed=seed, classes=classes,
         kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
+        synthetic_arrivals=synthetic_arrivals,
         w_p=w_p, w_d=w_d, tenant_classes=tenant_classes, router=router,
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
@@ -213,6 +216,7 @@ def compare(
     kv_blocks: int | None = KvOpt,
     arrival: str = ArrOpt,
     cv: float = CvOpt,
+    synthetic_arrivals: bool = SynthOpt,
     drain: float = DrainOpt,
     tenant_classes: str | None = TenantOpt,
     instances: int = typer.Option(1, "--instances", help="Engine instances per run."),
@@ -239,6 +243,7 @@ def compare(
         _fail("need at least one policy and positive rates")
     base = _config(trace=trace, duration=duration, count=count, policy=pols[0], profile=profile,
                    seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
+                   synthetic_arrivals=synthetic_arrivals,
                    drain_s=drain, instances=instances, rate=rate_list[0],
                    tenant_classes=tenant_classes, view_interval_ms=view_interval, mode=mode,
                    prefill_instances=prefill_instances, decode_instances=decode_instances,
@@ -275,7 +280,7 @@ def goodput(
     trace: str = TraceOpt,
     duration: float | None = typer.Option(600.0, "--duration", help="Seconds of the trace per simulated point."),
     count: int | None = CountOpt,
-    policy: str = typer.Option("slide-bounded", "--policy", help="Engine scheduler (see `proserve policies`)."),
+    policy: str | None = typer.Option(None, "--policy", help="Engine scheduler (see `proserve policies`). Default: slide-bounded, or the router's own engine (polyserve: dynamic-chunk; co-chunk: sarathi-fcfs)."),
     policy_arg: list[str] | None = PArgOpt,
     router: str | None = RouterOpt,
     router_arg: list[str] | None = RArgOpt,
@@ -287,6 +292,7 @@ def goodput(
     classes: str | None = ClassesOpt,
     seed: int = SeedOpt,
     arrival: str = ArrOpt,
+    synthetic_arrivals: bool = SynthOpt,
     latency_noise: float = NoiseOpt,
     threshold: float = typer.Option(0.9, "--threshold", help="Deadline-SLO attainment the goodput must keep (every token by arrival + TTFT + i*TPOT)."),
     guess: float | None = typer.Option(None, "--guess", help="First rate to try (default: one per instance)."),
@@ -303,7 +309,8 @@ def goodput(
                    router_args=_policy_args(router_arg, "--router-arg"), instances=instances,
                    mode=mode, prefill_instances=prefill_instances,
                    decode_instances=decode_instances, profile=profile, classes=classes, seed=seed,
-                   arrival=arrival, latency_noise=latency_noise, rate=guess or float(max(n, 1)))
+                   arrival=arrival, latency_noise=latency_noise, rate=guess or float(max(n, 1)),
+                   synthetic_arrivals=synthetic_arrivals)
     if not 0 < threshold <= 1 or rel_tol <= 0:
         _fail("--threshold must be in (0, 1] and --rel-tol positive")
     try:
@@ -312,7 +319,7 @@ def goodput(
                                                      + ("" if a >= threshold else "  (fails)")))
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    t = Table(title=f"goodput of {policy} ({base.router or 'single'}) x {max(n, 1)} on {trace}, "
+    t = Table(title=f"goodput of {base.policy} ({base.router or 'single'}) x {max(n, 1)} on {trace}, "
                     f">= {100 * threshold:g}% deadline attainment")
     for col in ("goodput req/s", "per instance", "optimal per instance", "fraction of optimal",
                 "attainment", "server-seconds"):
@@ -478,6 +485,7 @@ def bench(
     classes: str | None = ClassesOpt,
     arrival: str = ArrOpt,
     cv: float = CvOpt,
+    synthetic_arrivals: bool = SynthOpt,
     max_model_len: int | None = MaxLenOpt,
     keys: str | None = typer.Option(None, "--keys", help="API key per class: 'high=sk-1,low=sk-2'."),
     model: str = typer.Option("proserve-emulated", "--model", help="Model id to request."),

@@ -22,6 +22,8 @@ ROUTERS = [r for r in router_names() if r != "static-partition"]
 def make(name: str, **kw):
     if name == "static-partition":
         kw.setdefault("shares", {"high": 1.0, "low": 1.0})
+    if name == "polyserve":
+        kw.setdefault("tiers", [("high", 0.05, 100), ("low", 0.1, 100)])
     return make_router(name, **kw)
 
 
@@ -51,6 +53,8 @@ def test_routers_only_pick_present_healthy_instances(router, n, health, seed, qu
     rt = make(router, seed=seed)
     if hasattr(rt, "set_instances"):
         rt.set_instances(max(idx) + 1)
+    if hasattr(rt, "attach"):
+        rt.attach(["colocated"] * (max(idx) + 1))
     healthy = {v.index for v in views if v.healthy}
     for j in range(5):
         req = R(j, 0.01 * j, cls="high" if j % 2 else "low")

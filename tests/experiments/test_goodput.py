@@ -18,11 +18,12 @@ def test_request_cost_is_prefill_plus_decodes_at_the_largest_batch_within_tpot()
     b = int((0.025 - m.c0) // per_seq)  # the TPOT bound: 199 sequences; KV holds 53
     b = min(b, m.kv_tokens // 1201)
     assert b == 53
-    want = m.prefill_time(1000) + 200 * (m.c0 + b * per_seq) / b
+    want = goodput.min_prefill_s(m, 1000) + 200 * (m.c0 + b * per_seq) / b
+    assert goodput.min_prefill_s(m, 1000) <= m.prefill_time(1000)
     assert goodput.request_cost_s(m, r) == pytest.approx(want)
     tight = Request(1, 0.0, 10, 5, 1.0, tpot_slo=0.001, weight=1.0)  # under c0: one at a time
     assert goodput.request_cost_s(m, tight) == pytest.approx(
-        m.prefill_time(10) + 4 * (m.c0 + m.d1 + m.d2 * 12.5))
+        goodput.min_prefill_s(m, 10) + 4 * (m.c0 + m.d1 + m.d2 * 12.5))
 
 
 @pytest.mark.parametrize("guess", [0.3, 40.0])

@@ -31,6 +31,11 @@ _Dispatch = tuple[int, float, PrefillItem, int]
 _MAX_PENDING = 4096  # bound on remembered dispatches per instance
 
 
+# What a router that holds requests (a pending queue, e.g. PolyServe) hands back when it places
+# one: (request, instance, decode instance or -1 when co-located).
+Placement = tuple[Request, int, int]
+
+
 class NoHealthyInstance(RuntimeError):
     """No instance can take the request (all are missing or unhealthy)."""
 
@@ -125,7 +130,7 @@ class BaseRouter:
 
 # ---------------------------------------------------------------------- registry
 def _load_builtin_routers() -> None:
-    from . import go, routers  # noqa: F401  (registers the built-in routers)
+    from . import go, polyserve, routers  # noqa: F401  (registers the built-in routers)
 
 
 ROUTERS: Registry[BaseRouter] = Registry("router", _load_builtin_routers)

@@ -151,3 +151,7 @@ register_router("power-of-two", PowerOfTwo,
 register_router("static-partition", StaticPartition,
                 "Instances split by priority class in proportion to average load; min-load "
                 "within a class's block")
+register_router("co-chunk", MinLoad,
+                "PolyServe's CO-Chunk baseline: every tier mixed on every instance, least "
+                "outstanding work; pairs with a fixed-token-budget engine (sarathi-fcfs, the "
+                "default policy under this router)")

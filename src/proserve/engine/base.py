@@ -94,6 +94,12 @@ class EngineLoad:
     # delay a new heavier request (cluster.view.predicted_ttft). Sources that cannot tell (a
     # gateway's backends, which receive each request's priority) assume it does.
     orders_by_value: bool = True
+    # Per decode-stage request, its context (computed + 1) and tokens generated so far, in the
+    # same order: what PolyServe's admission test plays forward (KV growth until each resident
+    # reaches its expected length). Empty where the source cannot tell (a gateway's backends);
+    # users then fall back to ``decodes`` sequences of mean context ``decode_context / decodes``.
+    decode_ctx: list[int] = field(default_factory=list)
+    decode_gen: list[int] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -286,6 +292,8 @@ class BaseScheduler:
         decodes = 0
         ctx = 0
         min_tpot = float("inf")
+        dctx: list[int] = []
+        dgen: list[int] = []
         for r in self.requests():
             pend = r.prompt_len + r.generated - r.computed
             if r.generated == 0 or pend > 1:
@@ -294,10 +302,12 @@ class BaseScheduler:
             else:
                 decodes += 1
                 ctx += r.computed + 1
+                dctx.append(r.computed + 1)
+                dgen.append(r.generated)
                 if r.tpot_slo < min_tpot:
                     min_tpot = r.tpot_slo
         return EngineLoad(prefill, decodes, ctx, self.kv.free, self.kv.total, self.num_received,
-                          min_tpot, self.orders_by_value)
+                          min_tpot, self.orders_by_value, dctx, dgen)
 
     def new_output(self) -> SchedulerOutput:
         return SchedulerOutput(duration=self.model.c0)

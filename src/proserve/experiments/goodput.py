@@ -12,7 +12,8 @@ keeps the highest passing and lowest failing rate, and stops when the bracket is
 request of prompt p, output o, TPOT SLO T and mean context L = p + o/2 costs
 ``prefill_time(p) + o * step(B) / B`` server-seconds, where B is the largest decode batch whose
 iteration ``step(B) = c0 + B * (d1 + d2 * L)`` stays within T and whose KV (B * (p + o) tokens)
-fits (the prefill shares the iterations whose c0 the decodes pay); optimal goodput per instance =
+fits (the prefill shares the iterations whose c0 the decodes pay, and takes the cheapest uniform
+chunking, :func:`min_prefill_s`); optimal goodput per instance =
 requests / their ideal server-seconds, the rate one server could sustain. It assumes every
 instance runs only requests of one TPOT (PolyServe's binning taken to the limit), so no schedule
 can beat it.
@@ -40,6 +41,28 @@ def _point(cfg_json: str) -> dict:
     return r
 
 
+def min_prefill_s(m: LatencyModel, q: int) -> float:
+    """Cheapest prefill of a ``q``-token prompt over uniform chunkings (one chunk, powers of two
+    from 16 tokens, and the size minimising ``c1*q*s + c4*q^2/(2s)``): the fitted model charges a
+    whole-prompt prefill ``c1*q^2`` but a chunked one mostly ``c3*q*p``, and the bound must be
+    no dearer than any schedule the simulator can run."""
+    if q <= 1:
+        return m.prefill_time(max(q, 0))
+    cand = {q} | {1 << k for k in range(4, max(q.bit_length(), 5)) if (1 << k) < q}
+    if m.c1 > 0:
+        cand.add(max(1, min(q, int(math.sqrt(m.c4 * q / (2 * m.c1))))))
+    best = math.inf
+    for c in cand:
+        n = -(-q // c)
+        last = q - (n - 1) * c
+        full = n - 1  # chunks of size c at prefixes 0, c, ..., (n-2)c
+        pre = c * full * (full - 1) / 2  # sum of their prefixes
+        cost = (n * m.c5 + m.c1 * (full * c * c + last * last) + m.c2 * q
+                + m.c3 * (c * pre + last * full * c) + m.c4 * (pre + full * c))
+        best = min(best, cost)
+    return best
+
+
 def request_cost_s(m: LatencyModel, r: Request) -> float:
     """Ideal server-seconds of one request (module docstring)."""
     ctx = r.prompt_len + r.output_len / 2
@@ -49,7 +72,7 @@ def request_cost_s(m: LatencyModel, r: Request) -> float:
     b = max(1, min(b_tpot, b_kv))  # one request at a time is always possible (it may be late)
     step = m.c0 + b * per_seq
     # the prefill rides in batches whose c0 the decodes already pay: only its own cost counts
-    return m.prefill_time(r.prompt_len) + (r.output_len - 1) * step / b
+    return min_prefill_s(m, r.prompt_len) + (r.output_len - 1) * step / b
 
 
 def optimal_per_instance(cfg: SimConfig, rate: float) -> float:

@@ -10,7 +10,8 @@ import math
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..cluster.admission import ClassAdmission
 from ..cluster.base import make_router, router_spec
@@ -24,6 +25,13 @@ from .simulator import simulate
 from .timing import DEFAULT_LATENCY_NOISE, StepTimer
 
 
+DEFAULT_POLICY = "slide-bounded"
+# Routers that come with their own engine policy (the paper's pairing): used when no --policy
+# is given. PolyServe's routing assumes dynamic chunking (its admission test plays that rule
+# forward); CO-Chunk is "all tiers mixed, a fixed token budget" (Sarathi's 2048-token chunks).
+ROUTER_POLICY = {"polyserve": "dynamic-chunk", "co-chunk": "sarathi-fcfs"}
+
+
 class SimConfig(BaseModel):
     """Everything that determines a simulation's result (with the seed, fully reproducible)."""
 
@@ -35,8 +43,12 @@ class SimConfig(BaseModel):
     count: int | None = Field(default=None, gt=0)
     arrival: str = "poisson"
     cv: float = Field(default=1.0, gt=0)
+    # a timestamped trace's lengths with Poisson/gamma arrivals at ``rate`` (its clock ignored)
+    synthetic_arrivals: bool = False
     classes: str | None = None
-    policy: str = "slide-bounded"
+    # None: the router's own engine (ROUTER_POLICY: polyserve runs dynamic-chunk, co-chunk a
+    # fixed token budget), else slide-bounded, the recommended policy
+    policy: str | None = None
     policy_args: dict[str, Any] = Field(default_factory=dict)
     profile: str = "llama3.1-8b@h100"
     kv_blocks: int | None = Field(default=None, gt=0)
@@ -101,9 +113,16 @@ class SimConfig(BaseModel):
 
     @field_validator("policy")
     @classmethod
-    def _policy(cls, v: str) -> str:
-        policy_spec(v)  # raises with the list of known policies
+    def _policy(cls, v: str | None) -> str | None:
+        if v is not None:
+            policy_spec(v)  # raises with the list of known policies
         return v
+
+    @model_validator(mode="after")
+    def _default_policy(self) -> SimConfig:
+        if self.policy is None:
+            self.policy = ROUTER_POLICY.get(self.router or "", DEFAULT_POLICY)
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -133,6 +152,20 @@ def class_load_shares(reqs, names) -> dict[str, float]:
     for r in reqs:
         tot[r.cls] = tot.get(r.cls, 0.0) + r.prompt_len + r.output_len
     return tot
+
+
+def tiers_of(classes, reqs) -> list[dict[str, Any]]:
+    """PolyServe's tiers from the classes: TPOT SLO (the class's absolute value; for a relative
+    rule, the median over its requests) and mean output length (the paper's bin average, here
+    over the workload's requests of the class; 256 if it has none)."""
+    out = []
+    for c in classes:
+        mine = [r for r in reqs if r.cls == c.name]
+        tpot = c.tpot.value if not c.tpot.relative else (
+            float(np.median([r.tpot_slo for r in mine])) if mine else c.tpot.floor or 0.05)
+        mean = float(np.mean([r.output_len for r in mine])) if mine else 256.0
+        out.append({"name": c.name, "tpot": tpot, "mean_output": max(mean, 1.0)})
+    return out
 
 
 def kv_transfer_fn(model: LatencyModel, cfg: SimConfig):
@@ -170,6 +203,7 @@ def build_workload(cfg: SimConfig, model: LatencyModel):
         cfg.trace, rate=cfg.rate, duration=cfg.duration, count=cfg.count, classes=cfg.classes,
         model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
         max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
+        synthetic_arrivals=cfg.synthetic_arrivals,
     )
 
 
@@ -220,6 +254,8 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         rargs = {"seed": cfg.seed, **cfg.router_args}
         if router_name == "static-partition" and "shares" not in rargs:
             rargs["shares"] = class_load_shares(reqs, [c.name for c in classes])
+        if router_name == "polyserve" and "tiers" not in rargs:
+            rargs["tiers"] = tiers_of(classes, reqs)
         router = make_router(router_name, **rargs)
         if hasattr(router, "set_instances"):
             router.set_instances(len(pool))
@@ -241,6 +277,11 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     )
     summary = summarize(res.requests, cfg.w_p, cfg.w_d, [c.name for c in classes])
     span = max(res.end_time - (reqs[0].arrival if reqs else 0.0), 1e-12)
+    fleet = res.extra.get("fleet")
+    if fleet is None:  # a fixed fleet: every instance counts for the whole run
+        fleet = {"server_seconds": n_total * span}
+    elif disagg:  # the shared prefill instances run the whole time
+        fleet["server_seconds"] += len(pool) * span
     roles = ["prefill"] * len(pool) + ["decode"] * len(decode_pool) if disagg else (
         ["colocated"] * len(pool))
     out: dict[str, Any] = {
@@ -256,6 +297,8 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "engine_caps": _caps(pool[0], model),
         **{k: summary[k] for k in summary if k != "per_class"},
         "per_class": summary["per_class"],
+        "server_seconds": fleet["server_seconds"],
+        "fleet": fleet,
         "steps": res.steps,
         "drained": res.drained,
         "sim_end_s": res.end_time,

@@ -153,6 +153,12 @@ def simulate(
     roles = (["prefill"] * n_pre + ["decode"] * len(decode_engines)) if disagg else (
         ["colocated"] * n_pre)
     views = _Views(all_eng, roles, view_interval) if router is not None else None
+    # a router that holds requests (pending queue) and manages the fleet (PolyServe)
+    fleet = router if getattr(router, "holds_requests", False) else None
+    if fleet is not None:
+        if admission is not None:
+            raise ValueError(f"router {router.name!r} queues requests itself: no --admission")
+        fleet.attach(roles, reqs[0].arrival + ingress_s if reqs else 0.0)
     if router is None:
         route = route or (_round_robin(n_eng) if n_eng > 1 else (lambda r, t: 0))
     wall0 = time.perf_counter()
@@ -172,6 +178,7 @@ def simulate(
     steps = 0
     ended: set[int] = set()
     waiting: dict[int, tuple[Request, float]] = {}  # admission queue: id -> (request, since)
+    wake_at = math.inf  # the fleet router's next timer event on the heap
     n = len(reqs)
     i = 0
     now = 0.0
@@ -247,6 +254,23 @@ def simulate(
         admit(k, r, t)
         return True
 
+    def place(placements, t: float) -> None:
+        """Apply a fleet router's placements, then make sure its next timer is on the heap."""
+        nonlocal seq, wake_at
+        for r, k, d in placements:
+            if not 0 <= k < n_eng or (disagg and not (k < n_pre and n_pre <= d < n_eng)):
+                raise SimulationError(f"router placed request {r.id} on ({k}, {d})")
+            if disagg:
+                decode_of[r.id] = d
+                r.prefill_only = True
+            r.instance = k
+            admit(k, r, t)
+        w = fleet.next_wakeup()  # type: ignore[union-attr]
+        if w < wake_at:
+            wake_at = max(w, t)
+            seq += 1
+            heapq.heappush(heap, (wake_at, seq, -3, None))
+
     def retry_waiting(t: float) -> None:
         """Capacity freed: re-decide the waiting requests, most important class first."""
         for r, since in sorted(waiting.values(), key=lambda x: (x[0].priority, x[0].arrival,
@@ -260,6 +284,11 @@ def simulate(
             if now > horizon:
                 heapq.heappush(heap, (now, 0, k, xr))
                 break
+            if k == -3:  # the fleet router's timer: instances ready, scale-down checks
+                if now >= wake_at:
+                    wake_at = math.inf
+                    place(fleet.tick(views.get(now), now), now)  # type: ignore[union-attr]
+                continue
             if k == -2:  # a waiting request's queue timeout passed: decide it now
                 assert xr is not None
                 if xr.id in waiting:
@@ -290,6 +319,14 @@ def simulate(
             steps += 1
             if waiting and eng.num_finished != finished_before:
                 retry_waiting(now)
+            if fleet is not None and eng.num_finished != finished_before and fleet.has_pending():
+                start(k, now)  # the instance's next step is part of the state the router sees
+                place(fleet.retry(views.get(now), now), now)  # type: ignore[union-attr]
+                if check_every and steps % check_every == 0:
+                    eng.check()
+                if progress is not None and steps % progress_every == 0:
+                    progress(now)
+                continue
             if check_every and steps % check_every == 0:
                 eng.check()
             if progress is not None and steps % progress_every == 0:
@@ -301,6 +338,9 @@ def simulate(
             i += 1
             if admission is not None:
                 consider(r, now, now)  # admits, refuses, or queues it for a later decision
+                continue
+            if fleet is not None:
+                place(fleet.offer(r, views.get(now), now), now)  # type: ignore[union-attr]
                 continue
             if router is None:
                 k = route(r, now)  # type: ignore[misc]
@@ -325,6 +365,15 @@ def simulate(
         r.finish_time = end_at
         end(r)
         drained = False
+    if fleet is not None:
+        for r in fleet.pending_requests():  # still pending in the router at the drain end
+            r.status = Status.UNFINISHED
+            r.finish_time = end_at
+            end(r)
+            drained = False
+        res_extra = {"fleet": fleet.fleet_stats(end_at)}
+    else:
+        res_extra = {}
     for r in in_transfer.values():  # KV still moving when the drain time ran out
         r.status = Status.UNFINISHED
         r.finish_time = end_at
@@ -356,4 +405,5 @@ def simulate(
     return SimResult(
         requests=reqs, engines=all_eng, end_time=end_time, steps=steps,
         busy_time=busy_time, wall_s=time.perf_counter() - wall0, drained=drained,
+        extra=res_extra,
     )

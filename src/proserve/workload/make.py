@@ -116,7 +116,7 @@ def make_workload(
     count: int | None = None, classes: str | Sequence[PriorityClass] | None = None,
     model: LatencyModel, seed: int, arrival: str = "poisson", cv: float = 1.0,
     max_model_len: int | None = None, start: float = 0.0,
-    tenant_classes: Mapping[str, str] | str | None = None,
+    tenant_classes: Mapping[str, str] | str | None = None, synthetic_arrivals: bool = False,
 ) -> tuple[list[Request], dict[str, Any]]:
     """Build the workload the CLI asks for; returns the requests and a JSON-ready description.
 
@@ -124,6 +124,8 @@ def make_workload(
     apply to length-only traces only. ``start`` (seconds of the trace's own clock) selects where
     a timestamped or ServeGen trace begins. ``tenant_classes`` pins tenants (ServeGen's
     ``client-N``) to classes: a mapping or a rule (``"volume"``, ``"top:F"``).
+    ``synthetic_arrivals``: use only a timestamped trace's lengths, with Poisson/gamma arrivals
+    at ``rate`` as for a length-only trace (PolyServe's setup: Mooncake lengths, Poisson).
     """
     _positive("rate", rate)
     _positive("duration", duration)
@@ -147,7 +149,7 @@ def make_workload(
             f", client rates x{tr.meta['rate_scale']:.4g}" if rate is not None else "")
     else:
         base = load_file(path, fmt, name=name)
-        if base.has_timestamps:
+        if base.has_timestamps and not synthetic_arrivals:
             tr = window(base, start) if start > 0 else base
             native = tr.mean_rate
             total = len(tr)
@@ -164,7 +166,7 @@ def make_workload(
                                  "for its synthetic arrivals")
             if start:
                 raise ValueError(f"trace {name!r} has no timestamps, so 'start' has no meaning")
-            native = float("nan")
+            native = base.mean_rate if base.has_timestamps else float("nan")
             if duration is not None:
                 arr = (poisson_arrivals(rate, rng, duration=duration) if arrival == "poisson"
                        else gamma_arrivals(rate, cv, rng, duration=duration))
