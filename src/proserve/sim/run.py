@@ -24,7 +24,6 @@ from ..workload import make_workload
 from .simulator import simulate
 from .timing import DEFAULT_LATENCY_NOISE, StepTimer
 
-
 DEFAULT_POLICY = "slide-bounded"
 # Routers that come with their own engine policy (the paper's pairing): used when no --policy
 # is given. PolyServe's routing assumes dynamic chunking (its admission test plays that rule
