@@ -436,6 +436,21 @@ def summary(ctx: Ctx, row: list[str]) -> Expected:
     return out
 
 
+@rule("text")
+def text(ctx: Ctx, row: list[str]) -> Expected:
+    """The plain-text table a benchmark printed (.txt), copied: the body row with the same
+    first cell, each doc cell showing the numbers of the raw cell in the same column."""
+    raw = ctx.files[0].get(plain(row[0]))
+    if raw is None:
+        raise KeyError(f"no raw row {plain(row[0])!r}")
+    out: Expected = {0: None}
+    for c in range(1, len(row)):
+        if c >= len(raw):
+            raise KeyError(f"raw row {plain(row[0])!r} has no column {c}")
+        out[c] = [v for v, _, _ in numbers(raw[c])]
+    return out
+
+
 @rule("router")
 def router(ctx: Ctx, row: list[str]) -> Expected:
     """bench_router.py JSON: rows 'router | mode', columns 'N instances p50 / p90' (us)."""

@@ -129,11 +129,9 @@ class BaseRouter:
 
 
 # ---------------------------------------------------------------------- registry
-def _load_builtin_routers() -> None:
-    from . import go, polyserve, routers  # noqa: F401  (registers the built-in routers)
-
-
-ROUTERS: Registry[BaseRouter] = Registry("router", _load_builtin_routers)
+# Built-in routers register themselves when the package is imported (cluster/__init__.py imports
+# their modules after this one): a base module never knows its subclasses.
+ROUTERS: Registry[BaseRouter] = Registry("router")
 RouterSpec = Spec
 
 

@@ -28,7 +28,8 @@ A request already past what its TTFT allows (it waited too long in the pending q
 first two checks: it is late wherever it goes, and the pending queue must not become a dead end.
 
 **Auto-scaling.** +1 instance for a tier when its requests start pending and the pool is not
-empty (one starting instance per tier at a time when ``scale_up_delay_s > 0``); an instance of a
+empty; with ``scale_up_delay_s > 0`` one more at every check while the tier's pending queue has
+not started to shrink (ours: the paper assumes instant scale-up and says no more); an instance of a
 tier that has been empty at ``empty_checks`` consecutive checks, ``check_period_s`` apart, goes
 back to the pool (running requests always finish in place: an instance leaves only when empty, so
 no KV ever moves).
@@ -89,6 +90,9 @@ def parse_tiers(spec: Any) -> list[Tier]:
         if isinstance(x, Tier):
             t = x
         elif isinstance(x, dict):
+            missing = [k for k in ("name", "tpot") if k not in x]
+            if missing:
+                raise ValueError(f"tier {x!r}: missing {', '.join(missing)}")
             t = Tier(str(x["name"]), float(x["tpot"]), float(x.get("mean_output", 256.0)))
         else:
             name, tpot, mean = x
@@ -209,14 +213,21 @@ class PolyServe(BaseRouter):
     def __init__(self, tiers: Any = None, *, margin: float = 0.9, min_chunk: int = 32,
                  check_period_s: float = 1.0, empty_checks: int = 2,
                  scale_up_delay_s: float = 0.0, initial: dict[str, int] | None = None,
-                 **kw: Any) -> None:
+                 pending_order: str = "fifo", tries: int = 8, **kw: Any) -> None:
         super().__init__(**kw)
+        if pending_order not in ("fifo", "deadline"):
+            raise ValueError("pending_order must be 'fifo' (the paper) or 'deadline'")
+        if tries < 1:
+            raise ValueError("tries must be >= 1")
+        self.pending_order = pending_order
+        self.tries = int(tries)
         self.tiers = parse_tiers(tiers)
         if not 0 < margin <= 1:
             raise ValueError("margin must be in (0, 1]")
-        if min_chunk < 1 or check_period_s <= 0 or empty_checks < 1 or scale_up_delay_s < 0:
-            raise ValueError("need min_chunk >= 1, check_period_s > 0, empty_checks >= 1, "
-                             "scale_up_delay_s >= 0")
+        if not (min_chunk >= 1 and 0 < check_period_s < math.inf and empty_checks >= 1
+                and 0 <= scale_up_delay_s < math.inf):  # written so NaN fails too
+            raise ValueError("need min_chunk >= 1, 0 < check_period_s < inf, empty_checks >= 1, "
+                             "0 <= scale_up_delay_s < inf")
         self.margin = margin
         self.min_chunk = int(min_chunk)
         self.check_period_s = check_period_s
@@ -225,6 +236,8 @@ class PolyServe(BaseRouter):
         self.initial = dict(initial or {})
         self._tier_idx = {t.name: i for i, t in enumerate(self.tiers)}
         self.pending: list[deque[Request]] = [deque() for _ in self.tiers]
+        self._only: int | None = None  # retry(freed=k): test only instance k
+        self._last_pending = [0] * len(self.tiers)  # pending depth at the previous check
         self.fleet: Fleet | None = None
 
     # ------------------------------------------------------------------ setup
@@ -254,22 +267,48 @@ class PolyServe(BaseRouter):
     # ------------------------------------------------------------------ fleet API
     def offer(self, req: Request, views: Sequence[InstanceView], now: float) -> list[Placement]:
         """A new request: placed now (with any pending ones that can go), or queued."""
-        self.pending[self.tier_of(req)].append(req)
-        return self.retry(views, now)
+        t = self.tier_of(req)
+        if self.pending[t]:  # others of its tier wait already: it queues behind them (they
+            self.pending[t].append(req)  # are retried as capacity frees and at every tick)
+            return []
+        self._only = None
+        p = self._place(req, t, {v.index: v for v in views}, now)
+        if p is not None:
+            return [p]
+        self.pending[t].append(req)
+        return []
 
-    def retry(self, views: Sequence[InstanceView], now: float) -> list[Placement]:
+    def retry(self, views: Sequence[InstanceView], now: float,
+              freed: int | None = None) -> list[Placement]:
         """Capacity may have freed: place the pending requests that now fit (FIFO per tier,
-        tightest tier first)."""
+        tightest tier first). ``freed``: the one instance whose capacity changed (a request
+        finished there); only it is tested (every instance is at the periodic :meth:`tick`),
+        which keeps a busy fleet's retries O(pending heads) instead of O(heads x fleet)."""
         out: list[Placement] = []
         if not any(self.pending):
             return out
+        self._only = freed
         by_index = {v.index: v for v in views}
         for t, q in enumerate(self.pending):
-            while q:
-                p = self._place(q[0], t, by_index, now)
+            if self.pending_order == "fifo":
+                while q:
+                    p = self._place(q[0], t, by_index, now)
+                    if p is None:
+                        break
+                    q.popleft()
+                    out.append(p)
+                continue
+            # earliest first-token deadline first; a request that does not fit does not block
+            # the ones behind it (up to ``tries`` failures per tier and call, to bound the cost)
+            fails = 0
+            for r in sorted(q, key=lambda r: (r.arrival + r.ttft_slo, r.arrival, r.id)):
+                p = self._place(r, t, by_index, now)
                 if p is None:
-                    break
-                q.popleft()
+                    fails += 1
+                    if fails >= self.tries:
+                        break
+                    continue
+                q.remove(r)
                 out.append(p)
         return out
 
@@ -287,6 +326,15 @@ class PolyServe(BaseRouter):
                         busy.add(v.index)
             f.check(busy, self.empty_checks, now)
             f.next_check = now + self.check_period_s
+            # with a scale-up delay: +1 more per check while a tier's pending queue has not
+            # started to shrink (one starting instance per first-pending event would take a cold
+            # tier minutes to reach its size)
+            for t, q in enumerate(self.pending):
+                if self.scale_up_delay_s > 0 and q and len(q) >= self._last_pending[t] and f.pool:
+                    k = next((k for k in f.pool if k in members_all(views)), None)
+                    if k is not None:
+                        f.join(k, t, now, now + self.scale_up_delay_s)
+                self._last_pending[t] = len(q)
             self._snap(now)
         return self.retry(views, now)
 
@@ -304,6 +352,16 @@ class PolyServe(BaseRouter):
     def pending_requests(self) -> list[Request]:
         return [r for q in self.pending for r in q]
 
+    def cancel(self, req: Request) -> bool:
+        """Take ``req`` out of its pending queue (its client left, or it waited too long);
+        False if it is not pending (already placed, or never offered)."""
+        for q in self.pending:
+            for i, r in enumerate(q):
+                if r is req:
+                    del q[i]
+                    return True
+        return False
+
     def fleet_stats(self, now: float) -> dict[str, Any]:
         return self._fleet().stats(now, [len(q) for q in self.pending])
 
@@ -312,6 +370,7 @@ class PolyServe(BaseRouter):
         """One-shot routing (no pending queue): the ladder, else the least loaded instance of
         the tier (or of the whole fleet) so the caller always gets an answer."""
         by_index = {v.index: v for v in views}
+        self._only = None
         p = self._place(req, self.tier_of(req), by_index, now)
         if p is not None:
             return p[1]
@@ -346,14 +405,13 @@ class PolyServe(BaseRouter):
             ttft_s = predicted_ttft(pre.view, req.prompt_len)
         for host in range(t, -1, -1):  # own tier, then tighter ones (lazy promotion)
             tier = self.tiers[host]
-            loads = [self._effective(views[k]) for k in f.ready_members(host, now)
-                     if k in views and views[k].healthy]
-            loads.sort(key=lambda x: (-load_after(x, req), -(x.decodes + len(x.prefill)),
-                                      x.index))
-            for x in loads:
-                if admits(x, req, tier.tpot, tier.mean_output, now, margin=self.margin,
-                          min_chunk=self.min_chunk, chunked=pre is None, ttft_s=ttft_s):
-                    return self._commit(req, x.view, pre)
+            ks = f.ready_members(host, now)
+            if self._only is not None:
+                ks = [k for k in ks if k == self._only]
+            loads = [self._effective(views[k]) for k in ks if k in views and views[k].healthy]
+            x = self.pick_admitting(req, loads, tier, now, pre is None, ttft_s)
+            if x is not None:
+                return self._commit(req, x.view, pre)
         # scale up: one idle instance joins the tier
         k = next((k for k in f.pool if k in views and views[k].healthy), None)
         if k is not None and not (self.scale_up_delay_s > 0 and f.starting(t, now)):
@@ -362,6 +420,18 @@ class PolyServe(BaseRouter):
             if self.scale_up_delay_s == 0:
                 return self._commit(req, views[k], pre)
         return None
+
+    def admits(self, x: EffectiveLoad, req: Request, tier: Tier, now: float, chunked: bool,
+               ttft_s: float | None) -> bool:
+        return admits(x, req, tier.tpot, tier.mean_output, now, margin=self.margin,
+                      min_chunk=self.min_chunk, chunked=chunked, ttft_s=ttft_s)
+
+    def pick_admitting(self, req: Request, loads: list[EffectiveLoad], tier: Tier, now: float,
+                       chunked: bool, ttft_s: float | None) -> EffectiveLoad | None:
+        """The load gradient: the most loaded instance that admits ``req`` (ties: the larger
+        batch, then the lower index); None if none does. Tests stop at the first that admits."""
+        loads.sort(key=lambda x: (-load_after(x, req), -(x.decodes + len(x.prefill)), x.index))
+        return next((x for x in loads if self.admits(x, req, tier, now, chunked, ttft_s)), None)
 
     def _commit(self, req: Request, view: InstanceView, pre: EffectiveLoad | None) -> Placement:
         if pre is None:
@@ -373,6 +443,36 @@ class PolyServe(BaseRouter):
 
     def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
         raise NotImplementedError("polyserve routes through offer()/route()")
+
+
+class PolyServeGo(PolyServe):
+    """Ours: PolyServe's tiers, admission test, promotion and auto-scaling, with ProServe's
+    GoRouting as the choice among the instances of a tier that admit the request (incremental
+    gain, pack the most loaded light instance; the load gradient is GoRouting's packing), the
+    pending queue in first-token-deadline order instead of FIFO (a long prompt that fits nowhere
+    does not hold up short urgent ones behind it), and SlideBatching (``slide-bounded``) as the
+    engine by default (sim.run.ROUTER_POLICY), so the tiers' weights are honoured inside each
+    instance. ``go_args`` go to the inner :class:`~proserve.cluster.go.GoRouter`."""
+
+    def __init__(self, tiers: Any = None, *, pending_order: str = "deadline",
+                 go_args: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(tiers, pending_order=pending_order, **kw)
+        from .go import GoRouter
+
+        self._go = GoRouter(**(go_args or {}))
+
+    def pick_admitting(self, req: Request, loads: list[EffectiveLoad], tier: Tier, now: float,
+                       chunked: bool, ttft_s: float | None) -> EffectiveLoad | None:
+        ok = [x for x in loads if self.admits(x, req, tier, now, chunked, ttft_s)]
+        if len(ok) <= 1:
+            return ok[0] if ok else None
+        view = self._go.choose(req, [x.view for x in ok], now)
+        return next(x for x in ok if x.view is view)
+
+
+def members_all(views: Sequence[InstanceView]) -> set[int]:
+    """Indices of the healthy instances among ``views``."""
+    return {v.index for v in views if v.healthy}
 
 
 class Fleet:
@@ -392,6 +492,7 @@ class Fleet:
         self.scale_ups = [0] * len(tier_names)
         self.scale_downs = [0] * len(tier_names)
         self.timeline: list[tuple[float, list[int], list[int]]] = []
+        self.changes: list[tuple[float, int]] = [(now, 0)]  # (time, tiered instances after)
         self.next_check = now
         self.now = now
 
@@ -420,6 +521,7 @@ class Fleet:
         self.ready_at[k] = ready_at
         self.empty_streak[k] = 0
         self.scale_ups[t] += 1
+        self.changes.append((now, self.changes[-1][1] + 1))
 
     def leave(self, k: int, now: float) -> None:
         t = self.tier_of[k]
@@ -428,6 +530,7 @@ class Fleet:
         self.pool.append(k)
         self.pool.sort()
         self.scale_downs[t] += 1
+        self.changes.append((now, self.changes[-1][1] - 1))
 
     def check(self, busy: set[int], empty_checks: int, now: float) -> None:
         """One periodic check: instances empty ``empty_checks`` checks in a row go back."""
@@ -448,6 +551,15 @@ class Fleet:
             if (self.tier_of[k] >= 0) == (k in in_pool):
                 raise AssertionError(f"instance {k}: tier {self.tier_of[k]}, in pool "
                                      f"{k in in_pool}")
+
+    def instance_seconds(self, t0: float, t1: float) -> float:
+        """Integral over [t0, t1] of the number of instances in tiers."""
+        total = 0.0
+        for (ta, n), (tb, _) in zip(self.changes, self.changes[1:] + [(math.inf, 0)]):
+            lo, hi = max(ta, t0), min(tb, t1)
+            if hi > lo:
+                total += n * (hi - lo)
+        return total
 
     def stats(self, now: float, pending: list[int]) -> dict[str, Any]:
         used = list(self.server_s)
@@ -477,6 +589,10 @@ class Minimal(BaseRouter):
 register_router("polyserve", PolyServe,
                 "PolyServe: SLO tiers, highest-load instance that passes the admission test, "
                 "lazy promotion, scale-up from an idle pool, per-tier pending queue")
+register_router("polyserve-go", PolyServeGo,
+                "Ours: PolyServe's tiers, admission test and auto-scaling; GoRouting among the "
+                "admitting instances of a tier; deadline-ordered pending queue; slide-bounded "
+                "engine by default")
 register_router("minimal", Minimal,
                 "PolyServe's Minimal baseline: least predicted iteration time with the request "
                 "admitted")

@@ -2,8 +2,10 @@
 
 Each entry is a class plus default keyword arguments and a one-line summary; several names may
 share a class with different defaults (``vllm-fcfs`` and ``vllm-priority``). Built-in entries
-register themselves when their modules are imported; ``loader`` imports them on first use, so
-looking up a name never depends on import order.
+register themselves when their package is imported (``proserve.engine``, ``proserve.cluster``),
+and any import of a module of the package imports the package first, so looking up a name never
+depends on import order. ``loader`` (optional) runs before every lookup, for registries that load
+plug-ins lazily.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Spec(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, loader: Callable[[], object]) -> None:
+    def __init__(self, kind: str, loader: Callable[[], object] = lambda: None) -> None:
         self.kind = kind
         self._loader = loader
         self._specs: dict[str, Spec[T]] = {}

@@ -323,11 +323,9 @@ class BaseScheduler:
 
 
 # ---------------------------------------------------------------------- registry
-def _load_builtin_policies() -> None:
-    from . import policies  # noqa: F401  (registers the built-in policies)
-
-
-POLICIES: Registry[BaseScheduler] = Registry("policy", _load_builtin_policies)
+# Built-in policies register themselves when the package is imported (engine/__init__.py imports
+# engine/policies.py after this module): a base module never knows its subclasses.
+POLICIES: Registry[BaseScheduler] = Registry("policy")
 PolicySpec = Spec
 
 

@@ -28,7 +28,8 @@ DEFAULT_POLICY = "slide-bounded"
 # Routers that come with their own engine policy (the paper's pairing): used when no --policy
 # is given. PolyServe's routing assumes dynamic chunking (its admission test plays that rule
 # forward); CO-Chunk is "all tiers mixed, a fixed token budget" (Sarathi's 2048-token chunks).
-ROUTER_POLICY = {"polyserve": "dynamic-chunk", "co-chunk": "sarathi-fcfs"}
+ROUTER_POLICY = {"polyserve": "dynamic-chunk", "co-chunk": "sarathi-fcfs",
+                 "polyserve-go": "slide-bounded"}
 
 
 class SimConfig(BaseModel):
@@ -253,7 +254,8 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         rargs = {"seed": cfg.seed, **cfg.router_args}
         if router_name == "static-partition" and "shares" not in rargs:
             rargs["shares"] = class_load_shares(reqs, [c.name for c in classes])
-        if router_name == "polyserve" and "tiers" not in rargs:
+        if getattr(router_spec(router_name).cls, "holds_requests", False) and (
+                "tiers" not in rargs):  # PolyServe and ours: tiers from the classes
             rargs["tiers"] = tiers_of(classes, reqs)
         router = make_router(router_name, **rargs)
         if hasattr(router, "set_instances"):
@@ -278,9 +280,11 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     span = max(res.end_time - (reqs[0].arrival if reqs else 0.0), 1e-12)
     fleet = res.extra.get("fleet")
     if fleet is None:  # a fixed fleet: every instance counts for the whole run
-        fleet = {"server_seconds": n_total * span}
+        fleet = {"server_seconds": n_total * span, "mean_instances": float(n_total)}
     elif disagg:  # the shared prefill instances run the whole time
         fleet["server_seconds"] += len(pool) * span
+        fleet["mean_instances"] = fleet.get("mean_instances", 0.0) + len(pool)
+    fleet.setdefault("mean_instances", fleet["server_seconds"] / span)
     roles = ["prefill"] * len(pool) + ["decode"] * len(decode_pool) if disagg else (
         ["colocated"] * len(pool))
     out: dict[str, Any] = {
@@ -311,6 +315,7 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "sim_wall_s": time.perf_counter() - t0,
     }
     out = clean_floats(out)
-    if keep_requests:
+    if keep_requests:  # in-process callers (benchmarks, tests): the objects themselves
         out["_requests"] = res.requests
+        out["_router"] = router
     return out

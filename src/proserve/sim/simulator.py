@@ -321,7 +321,7 @@ def simulate(
                 retry_waiting(now)
             if fleet is not None and eng.num_finished != finished_before and fleet.has_pending():
                 start(k, now)  # the instance's next step is part of the state the router sees
-                place(fleet.retry(views.get(now), now), now)  # type: ignore[union-attr]
+                place(fleet.retry(views.get(now), now, k), now)  # type: ignore[union-attr]
                 if check_every and steps % check_every == 0:
                     eng.check()
                 if progress is not None and steps % progress_every == 0:
@@ -372,6 +372,9 @@ def simulate(
             end(r)
             drained = False
         res_extra = {"fleet": fleet.fleet_stats(end_at)}
+        if reqs and reqs[-1].arrival > reqs[0].arrival:  # mean instances while requests arrive
+            t0, t1 = reqs[0].arrival + ingress_s, reqs[-1].arrival + ingress_s
+            res_extra["fleet"]["mean_instances"] = fleet.fleet.instance_seconds(t0, t1) / (t1 - t0)
     else:
         res_extra = {}
     for r in in_transfer.values():  # KV still moving when the drain time ran out

@@ -134,6 +134,7 @@ def build_requests(
     probs = share_matrix(classes, relative_position(trace.arrival))
     cls_idx = np.minimum((u[:, None] >= np.cumsum(probs, axis=1)).sum(axis=1), len(classes) - 1)
     pinned = 0
+    pinned_mask = np.zeros(n, dtype=bool)
     if tenant_classes is not None:
         mapping = (tenant_rule(trace, classes, tenant_classes)
                    if isinstance(tenant_classes, str) else dict(tenant_classes))
@@ -146,6 +147,7 @@ def build_requests(
         for tenant, cname in mapping.items():
             sel = trace.tenant == tenant
             cls_idx[sel] = by_name[cname]
+            pinned_mask |= sel
             pinned += int(sel.sum())
 
     prompt, output, clamps = clamp_lengths(trace.prompt_len, trace.output_len, max_model_len)
@@ -155,6 +157,9 @@ def build_requests(
     ctx = tpot_context(prompt, output)  # works elementwise on arrays
     uc, inv_c = np.unique(ctx, return_inverse=True)
     tpot0 = np.array([model.unloaded_tpot(int(c)) for c in uc])[inv_c]
+
+    redrawn, unattainable = redraw_unattainable(classes, cls_idx, probs, u, ttft0, tpot0,
+                                                ~pinned_mask)
 
     tenants = trace.tenant
     out: list[Request] = []
@@ -177,4 +182,41 @@ def build_requests(
         stats["class_counts"] = {c.name: int(k) for c, k in zip(classes, counts, strict=True)}
         stats["max_model_len_clamps"] = clamps
         stats["tenant_pinned"] = pinned
+        stats["slo_redrawn"] = redrawn
+        stats["slo_unattainable"] = unattainable
     return out
+
+
+def redraw_unattainable(classes: Sequence[PriorityClass], cls_idx: np.ndarray,
+                        probs: np.ndarray, u: np.ndarray, ttft0: np.ndarray,
+                        tpot0: np.ndarray, movable: np.ndarray) -> tuple[int, int]:
+    """Give a request a class only if an idle instance could meet its SLOs (PolyServe's rule):
+    a request whose drawn class has an absolute TTFT or TPOT SLO under its own unloaded latency
+    is re-drawn among the classes it can attain, by their shares, reusing its uniform draw ``u``
+    (so no other random stream shifts). Relative SLOs (``5x``) are always attainable. A request
+    no class can serve keeps its draw, and so does one pinned to its class by its tenant
+    (``movable`` False). Changes ``cls_idx`` in place; returns (re-drawn, left unattainable)."""
+    n, k = cls_idx.size, len(classes)
+    if n == 0 or all(c.ttft.relative and c.tpot.relative for c in classes):
+        return 0, 0
+    ok = np.empty((n, k), dtype=bool)
+    for j, c in enumerate(classes):
+        ttft = np.maximum(c.ttft.value * ttft0, c.ttft.floor) if c.ttft.relative else c.ttft.value
+        tpot = np.maximum(c.tpot.value * tpot0, c.tpot.floor) if c.tpot.relative else c.tpot.value
+        ok[:, j] = (ttft0 <= ttft) & (tpot0 <= tpot)
+    bad = ~ok[np.arange(n), cls_idx]
+    fixable = bad & ok.any(axis=1) & movable
+    if fixable.any():
+        p = np.where(ok[fixable], probs[fixable], 0.0)
+        tot = p.sum(axis=1, keepdims=True)
+        # classes with share 0 everywhere possible: fall back to uniform over the attainable
+        p = np.where(tot > 0, p / np.where(tot > 0, tot, 1.0), ok[fixable] / ok[fixable].sum(
+            axis=1, keepdims=True))
+        cls_idx[fixable] = np.minimum((u[fixable, None] >= np.cumsum(p, axis=1)).sum(axis=1),
+                                      k - 1)
+        # a rounding edge may land on an unattainable column: take the first attainable one
+        still = ~ok[np.flatnonzero(fixable), cls_idx[fixable]]
+        if still.any():
+            rows = np.flatnonzero(fixable)[still]
+            cls_idx[rows] = np.argmax(ok[rows], axis=1)
+    return int(fixable.sum()), int((bad & ~fixable).sum())

@@ -210,6 +210,9 @@ def make_workload(
         "classes": stats["class_counts"],
         "tenants": None if tr.tenant is None else int(np.unique(tr.tenant).size),
         "tenant_pinned": stats["tenant_pinned"],
+        # PolyServe's rule: a class is kept only if an idle instance could meet its SLOs
+        "slo_redrawn": stats["slo_redrawn"],
+        "slo_unattainable": stats["slo_unattainable"],
         "max_model_len": max_model_len,
         "max_model_len_clamps": stats["max_model_len_clamps"],
         "mean_prompt_len": float(np.mean([r.prompt_len for r in reqs])),
