@@ -32,7 +32,9 @@ CLASSES = "t20:tpot=20ms,ttft=5x;t30:tpot=30ms,ttft=5x;t40:tpot=40ms,ttft=5x;t60
 # the engine each router runs: the paper's pairing (random and minimal route onto the same
 # dynamic-chunking engine as PolyServe, so only routing differs; CO-Chunk: a fixed budget)
 ROUTERS = {"polyserve": "dynamic-chunk", "random": "dynamic-chunk",
-           "minimal": "dynamic-chunk", "co-chunk": "sarathi-fcfs"}
+           "minimal": "dynamic-chunk", "co-chunk": "sarathi-fcfs",
+           "polyserve-go": "slide-bounded"}  # ours: not a baseline, reported alongside
+DEFAULT_ROUTERS = "polyserve,random,minimal,co-chunk"
 # disaggregated prefill share: Mooncake's long prompts need half the fleet for prefill,
 # azure-conv's short ones a quarter
 PREFILL_SHARE = {"mooncake-synthetic": 0.5, "azure-conv": 0.25}
@@ -62,7 +64,7 @@ def main() -> None:
     ap.add_argument("--fleets", default="8,16,32,64")
     ap.add_argument("--traces", default="mooncake-synthetic,azure-conv")
     ap.add_argument("--modes", default="colocated,disaggregated")
-    ap.add_argument("--routers", default=",".join(ROUTERS))
+    ap.add_argument("--routers", default=DEFAULT_ROUTERS)
     ap.add_argument("--duration", type=float, default=20.0,
                     help="seconds of arrivals per simulated point (mooncake: x3, see DURATION)")
     ap.add_argument("--workers", type=int, default=2)
@@ -112,7 +114,7 @@ def report(done: dict, traces, modes, fleets, routers, duration: float) -> None:
                                    c["goodput_rps"], c.get("threshold", 0.9))
         c["optimal_goodput_per_instance"] = opt
         c["fraction_of_optimal"] = c["goodput_per_instance"] / opt
-    base = [r for r in routers if r != "polyserve"]
+    base = [r for r in routers if r not in ("polyserve", "polyserve-go")]
     rows = []
     for trace in traces:
         for mode in modes:

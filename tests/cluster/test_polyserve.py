@@ -167,7 +167,8 @@ def test_chunked_prefill_respects_limit() -> None:
 
 
 def ref_chunked(m, step, items, budget, min_chunk, limit) -> float:
-    """Independent reference: largest chunk by linear search, one iteration per chunk."""
+    """Independent reference: largest chunk by linear search, one iteration per chunk; an
+    item whose prefill is done decodes in every later iteration."""
     t = 0.0
     for pend, ctx in items:
         while pend > 0:
@@ -181,6 +182,7 @@ def ref_chunked(m, step, items, budget, min_chunk, limit) -> float:
                 return math.inf
             pend -= c
             ctx += c
+        step += m.decode_time(ctx + 1)
     return t
 
 
@@ -276,6 +278,29 @@ def test_admits_ttft_and_late_requests() -> None:
     # a prefill time predicted elsewhere (disaggregated) replaces the chunked prediction
     r2 = R(2, prompt=100, ttft=0.2)
     assert admits(load, r2, 0.02, 20, 0.0, margin=0.9, min_chunk=32, ttft_s=0.05)
+
+
+def test_protect_queued_refuses_a_request_that_would_make_a_queued_one_late() -> None:
+    m = toy_model()
+    # a queued 3000-token prompt with a generous deadline that it just makes on its own
+    solo = chunked_prefill_s(m, eff(view(0, m, decodes=[100] * 10)).decode_step(),
+                             [(3000, 0)], 0.018, 32, math.inf)
+    queued = (3000, 0, 1.0, 0.0, solo * 1.05, 0.02, 0)
+    load = eff(view(0, m, decodes=[100] * 10, queue=[queued]))
+    # r's slack is smaller, so the engine prefills r first and the queued one slips past
+    step = eff(view(0, m, decodes=[100] * 10)).decode_step()
+    r = R(0, arrival=0.0, prompt=1500,
+          ttft=1.2 * chunked_prefill_s(m, step, [(1500, 0)], 0.018, 32, math.inf) + step)
+    assert r.ttft_slo - m.prefill_time(1500) < queued[4] - m.prefill_time(3000)
+    assert admits(load, r, 0.02, 20, 0.0, margin=0.9, min_chunk=32)  # the paper's test
+    assert not admits(load, r, 0.02, 20, 0.0, margin=0.9, min_chunk=32, protect_queued=True)
+    # with 25% spare the queued one still makes it behind a tiny r: admitted
+    roomy = eff(view(0, m, decodes=[100] * 10, queue=[queued[:4] + (solo * 1.25,) + queued[5:]]))
+    tiny = R(1, arrival=0.0, prompt=16, ttft=0.05)  # ahead of the queued one in slack order
+    assert admits(roomy, tiny, 0.02, 20, 0.0, margin=0.9, min_chunk=32, protect_queued=True)
+    # polyserve-go turns it on by default, polyserve does not
+    assert make_router("polyserve-go", tiers=TIERS).protect_queued
+    assert not make_router("polyserve", tiers=TIERS).protect_queued
 
 
 def test_lazy_promotion_is_judged_with_host_tpot() -> None:

@@ -118,19 +118,33 @@ def chunked_prefill_s(m, step_s: float, items: Sequence[tuple[int, int]], budget
     c0 included) plus the largest chunk that keeps it within ``budget``. ``inf`` if a chunk would
     fall under ``min_chunk`` (or the item's whole remainder, if smaller), or once ``limit`` is
     passed (the caller's deadline: no need to play further)."""
+    done = prefill_finish_times(m, step_s, items, budget, min_chunk, limit)
+    return done[-1] if done else 0.0
+
+
+def prefill_finish_times(m, step_s: float, items: Sequence[tuple[int, int]], budget: float,
+                         min_chunk: int, limit: float) -> list[float]:
+    """When each of ``items`` finishes its prefill (seconds from now), played forward as in
+    :func:`chunked_prefill_s`; an item that finishes joins the decode batch, so later iterations
+    carry it (its context at d2 per token) and leave less room for chunks. The last entry is
+    ``inf`` where the play-forward fails (chunk under ``min_chunk``, or past ``limit``)."""
     t = 0.0
-    room = budget - step_s
+    out: list[float] = []
     for pend, ctx in items:
         while pend > 0:
-            c = m.max_chunk(room, ctx, pend)
+            c = m.max_chunk(budget - step_s, ctx, pend)
             if c < min(min_chunk, pend):
-                return math.inf
+                out.append(math.inf)
+                return out
             t += step_s + m.prefill_time(c, ctx)
             if t > limit:
-                return math.inf
+                out.append(math.inf)
+                return out
             pend -= c
             ctx += c
-    return t
+        out.append(t)
+        step_s += m.d1 + m.d2 * (ctx + 1)  # now a decode in every later iteration
+    return out
 
 
 def peak_kv(ctx: np.ndarray, remaining: np.ndarray) -> float:
@@ -149,10 +163,13 @@ def peak_kv(ctx: np.ndarray, remaining: np.ndarray) -> float:
 
 def admits(load: EffectiveLoad, req: Request, tpot: float, mean_output: float, now: float, *,
            margin: float, min_chunk: int, chunked: bool = True,
-           ttft_s: float | None = None) -> bool:
+           ttft_s: float | None = None, protect_queued: bool = False) -> bool:
     """PolyServe's admission test of ``req`` on the instance ``load`` describes, for a host tier
     of TPOT ``tpot`` (module docstring). ``ttft_s``: the first-token time predicted elsewhere
-    (disaggregated: the prefill instance's), instead of the chunked prediction here."""
+    (disaggregated: the prefill instance's), instead of the chunked prediction here.
+    ``protect_queued`` (ours, not the paper's): also refuse if ``req``, slotted into the engine's
+    slack order, would push a queued prefill that was going to make its TTFT past it, extending
+    "residents are never hurt" from TPOT to the first token of the queue."""
     m = load.model
     budget = margin * tpot
     step = load.decode_step()
@@ -184,15 +201,38 @@ def admits(load: EffectiveLoad, req: Request, tpot: float, mean_output: float, n
         # the queued prefills the engine runs first: dynamic-chunk's wait-time-aware order
         # (least TTFT slack first), so a short urgent prompt is not charged for long ones
         mine = req.arrival + req.ttft_slo - m.prefill_time(req.prompt_len)
-        items = [(it[0], it[1]) for it in q
-                 if it[3] + it[4] - m.prefill_time(it[0], it[1]) <= mine]
-        items.append((req.prompt_len, 0))
-        ttft_s = chunked_prefill_s(m, step, items, budget if chunked else math.inf, min_chunk,
+        keyed = sorted(((it[3] + it[4] - m.prefill_time(it[0], it[1]), i)
+                        for i, it in enumerate(q)))
+        ahead = [(q[i][0], q[i][1]) for k, i in keyed if k <= mine]
+        bud = budget if chunked else math.inf
+        ttft_s = chunked_prefill_s(m, step, ahead + [(req.prompt_len, 0)], bud, min_chunk,
                                    slack)
         if ttft_s > slack:
             return False
+        if protect_queued:
+            behind = [i for k, i in keyed if k > mine]
+            if behind and _hurts(m, step, ahead, req, [q[i] for i in behind], bud, min_chunk,
+                                 now):
+                return False
     second = iteration_time(m, batch, float(ctx.sum()))
     return waited + step + ttft_s + second <= req.ttft_slo + tpot
+
+
+def _hurts(m, step: float, ahead: list[tuple[int, int]], req: Request, behind: list,
+           budget: float, min_chunk: int, now: float) -> bool:
+    """Would ``req`` (slotted after ``ahead``) make one of the queued prefills ``behind`` it,
+    which was going to make its first-token deadline, miss it?"""
+    rest = [(it[0], it[1]) for it in behind]
+    without = prefill_finish_times(m, step, ahead + rest, budget, min_chunk, math.inf)
+    with_r = prefill_finish_times(m, step, ahead + [(req.prompt_len, 0)] + rest, budget,
+                                  min_chunk, math.inf)
+    n = len(ahead)
+    for j, it in enumerate(behind):
+        left = it[3] + it[4] - now  # time to its deadline
+        if n + j < len(without) and without[n + j] <= left and (
+                n + 1 + j >= len(with_r) or with_r[n + 1 + j] > left):
+            return True
+    return False
 
 
 def load_after(load: EffectiveLoad, req: Request) -> float:
@@ -213,8 +253,10 @@ class PolyServe(BaseRouter):
     def __init__(self, tiers: Any = None, *, margin: float = 0.9, min_chunk: int = 32,
                  check_period_s: float = 1.0, empty_checks: int = 2,
                  scale_up_delay_s: float = 0.0, initial: dict[str, int] | None = None,
-                 pending_order: str = "fifo", tries: int = 8, **kw: Any) -> None:
+                 pending_order: str = "fifo", tries: int = 8, protect_queued: bool = False,
+                 **kw: Any) -> None:
         super().__init__(**kw)
+        self.protect_queued = bool(protect_queued)
         if pending_order not in ("fifo", "deadline"):
             raise ValueError("pending_order must be 'fifo' (the paper) or 'deadline'")
         if tries < 1:
@@ -424,7 +466,8 @@ class PolyServe(BaseRouter):
     def admits(self, x: EffectiveLoad, req: Request, tier: Tier, now: float, chunked: bool,
                ttft_s: float | None) -> bool:
         return admits(x, req, tier.tpot, tier.mean_output, now, margin=self.margin,
-                      min_chunk=self.min_chunk, chunked=chunked, ttft_s=ttft_s)
+                      min_chunk=self.min_chunk, chunked=chunked, ttft_s=ttft_s,
+                      protect_queued=self.protect_queued)
 
     def pick_admitting(self, req: Request, loads: list[EffectiveLoad], tier: Tier, now: float,
                        chunked: bool, ttft_s: float | None) -> EffectiveLoad | None:
@@ -455,8 +498,10 @@ class PolyServeGo(PolyServe):
     instance. ``go_args`` go to the inner :class:`~proserve.cluster.go.GoRouter`."""
 
     def __init__(self, tiers: Any = None, *, pending_order: str = "deadline",
-                 go_args: dict[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(tiers, pending_order=pending_order, **kw)
+                 protect_queued: bool = True, go_args: dict[str, Any] | None = None,
+                 **kw: Any) -> None:
+        super().__init__(tiers, pending_order=pending_order, protect_queued=protect_queued,
+                         **kw)
         from .go import GoRouter
 
         self._go = GoRouter(**(go_args or {}))
