@@ -466,9 +466,12 @@ def gateway(
     except ValueError as e:
         _fail(str(e))
     err.print(f"gateway on http://{cfg.host}:{cfg.port} -> {len(cfg.backends)} backend(s), "
-              f"router {cfg.router} (Ctrl-C to stop)")
+              f"router {cfg.router} (Ctrl-C to stop; SIGHUP re-reads the backend list)")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve_gateway(cfg))
+        asyncio.run(serve_gateway(cfg, config_path=config))
     except OSError as e:
         _fail(f"cannot listen: {e}")
 

@@ -22,7 +22,7 @@ ROUTERS = [r for r in router_names() if r != "static-partition"]
 def make(name: str, **kw):
     if name == "static-partition":
         kw.setdefault("shares", {"high": 1.0, "low": 1.0})
-    if name == "polyserve":
+    if name in ("polyserve", "polyserve-go"):
         kw.setdefault("tiers", [("high", 0.05, 100), ("low", 0.1, 100)])
     return make_router(name, **kw)
 

@@ -13,7 +13,12 @@ A request's life here:
    own record of in-flight work per backend, reconciled with each backend's scraped ``/metrics``.
    If even the chosen backend is predicted to miss the request's TTFT SLO, the request waits (a
    per-class queue, woken whenever a request completes) up to its class's ``queue_timeout_s``;
-   sheddable classes get 429 + Retry-After at once instead.
+   sheddable classes get 429 + Retry-After at once instead. A router that holds requests itself
+   (``router: polyserve``: one SLO tier per class, an idle pool it scales tiers up from) replaces
+   this step: the request is offered to the router and waits in its pending queue until a
+   placement for it comes back, or its class's ``queue_timeout_s`` passes (429); the tier gauges
+   ``proserve_tier_*`` / ``proserve_pool_instances`` are what an autoscaler reads
+   (docs/GATEWAY_POLYSERVE.md).
 5. **Forwarding**: every scheduling field the client sent (``priority``, ``priority_class``,
    ``vllm_xargs`` class/weight/SLOs) is dropped and the gateway's own written instead, spelled
    the way the backend wants it (vLLM and proserve: lower = more urgent plus class/weight/SLOs in
@@ -27,7 +32,8 @@ A request's life here:
 
 Health checks eject a backend after ``failures_to_eject`` failed probes (or failed forwards) and
 re-admit it on the next good probe. Shutdown stops accepting and drains in-flight streams for up to
-``shutdown_grace_s``.
+``shutdown_grace_s``. SIGHUP re-reads the config file's backend list: new backends join, removed
+ones take no new requests while their in-flight streams finish (:meth:`Gateway.apply_backends`).
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -55,7 +63,8 @@ from prometheus_client import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..cluster.admission import ClassAdmission, Decision, decide
-from ..cluster.base import NoHealthyInstance, make_router
+from ..cluster.base import NoHealthyInstance, Placement, make_router
+from ..cluster.polyserve import PolyServe
 from ..cluster.view import InstanceView, predicted_ttft
 from ..core.classes import PriorityClass
 from ..core.request import Request, Status
@@ -63,7 +72,7 @@ from ..core.sched_fields import gateway_xargs, scrub_client_fields
 from ..engine.base import EngineLoad
 from ..latency.model import LatencyModel
 from ..latency.profiles import load_profile
-from .gateway_config import GatewayConfig, TenantConfig
+from .gateway_config import BackendConfig, GatewayConfig, TenantConfig, load_gateway_config
 from .openai import (
     ChatRequest,
     CompletionRequest,
@@ -74,6 +83,8 @@ from .openai import (
     parse_body,
     prompt_tokens,
 )
+
+log = logging.getLogger("proserve.gateway")
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
@@ -115,18 +126,31 @@ class Backend:
     inflight: dict[int, Request] = field(default_factory=dict)
     scraped_kv_usage: float = 0.0
     scraped_waiting: int = 0
+    removed: bool = False  # dropped from the config (SIGHUP): takes no new requests
+    # Requests the router placed here that ``inflight`` already reflects (or that have left):
+    # the view's ``load.received``, so a router placing several requests in one call sees its
+    # own earlier placements. -1: not tracked (routers asked once per request).
+    received: int = -1
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and not self.removed
 
     def view(self, now: float) -> InstanceView:
         """The gateway's record of this backend, reconciled with its scraped metrics."""
         m = self.model
         prefill = []
         decodes = ctx = used = 0
+        dctx: list[int] = []
+        dgen: list[int] = []
         for r in self.inflight.values():
             if r.generated == 0:
                 prefill.append((r.prompt_len, 0, r.weight, r.arrival, r.ttft_slo, r.tpot_slo, 0))
             else:
                 decodes += 1
                 ctx += r.prompt_len + r.generated
+                dctx.append(r.prompt_len + r.generated)
+                dgen.append(r.generated)
             used += m.blocks_for(r.prompt_len + max(r.generated, 1))
         # Others may use the backend too (or our estimate lags): never think it emptier than its
         # own metrics say.
@@ -135,8 +159,9 @@ class Backend:
         if extra > 0:  # unknown queued work: assume mean-sized prompts of our own traffic
             mean = (sum(p[0] for p in prefill) // len(prefill)) if prefill else 512
             prefill += [(mean, 0, 1.0, now, math.inf, math.inf, 0)] * extra
-        load = EngineLoad(prefill, decodes, ctx, max(m.kv_blocks - used, 0), m.kv_blocks)
-        return InstanceView(self.index, self.kind, m, now, load, healthy=self.healthy)
+        load = EngineLoad(prefill, decodes, ctx, max(m.kv_blocks - used, 0), m.kv_blocks,
+                          received=self.received, decode_ctx=dctx, decode_gen=dgen)
+        return InstanceView(self.index, self.kind, m, now, load, healthy=self.routable)
 
 
 class Gateway:
@@ -146,15 +171,23 @@ class Gateway:
         # tests inject a fake one to drive admission and limits deterministically.
         self.cfg = cfg
         self._clock = clock
+        self._t0 = clock()
         self.classes: list[PriorityClass] = cfg.priority_classes()
         self.by_name = {c.name: c for c in self.classes}
-        self.backends = []
-        for i, b in enumerate(cfg.backends):
-            model = load_profile(b.profile)
-            if b.kv_blocks:
-                model = model.with_kv_blocks(b.kv_blocks)
-            self.backends.append(Backend(i, b.url.rstrip("/"), b.kind, model))
-        self.router = make_router(cfg.router, **cfg.router_args)
+        self.backends: list[Backend] = []
+        for b in cfg.backends:
+            self.backends.append(self._new_backend(len(self.backends), b))
+        self.router = make_router(cfg.router, **cfg.router_kwargs())
+        # A router that holds requests (PolyServe): its pending queue, tiers and idle pool
+        # replace choose() + admission; see _admit_fleet.
+        self.fleet: PolyServe | None = None
+        if getattr(self.router, "holds_requests", False):
+            self.fleet = self.router  # type: ignore[assignment]
+            self.fleet.attach(["colocated"] * len(self.backends), self.now())
+            for b in self.backends:
+                b.received = 0
+        self._waiters: dict[int, asyncio.Future[int]] = {}  # request id -> its placement
+        self._fleet_wake = asyncio.Event()  # next_wakeup() may have moved earlier
         self.tenants: dict[str, TenantConfig] = {k: t for t in cfg.tenants for k in t.api_keys}
         self.rps: dict[str, TokenBucket] = {}
         self.tps: dict[str, TokenBucket] = {}
@@ -168,8 +201,14 @@ class Gateway:
         self._queued: dict[str, int] = {c.name: 0 for c in self.classes}
         self._tasks: list[asyncio.Task] = []
         self.session: aiohttp.ClientSession | None = None
-        self._t0 = clock()
         self._init_metrics()
+
+    @staticmethod
+    def _new_backend(index: int, b: BackendConfig) -> Backend:
+        model = load_profile(b.profile)
+        if b.kv_blocks:
+            model = model.with_kv_blocks(b.kv_blocks)
+        return Backend(index, b.url.rstrip("/"), b.kind, model)
 
     # ------------------------------------------------------------------ metrics
     def _init_metrics(self) -> None:
@@ -196,13 +235,45 @@ class Gateway:
         g = Gauge("proserve_queue_depth", "Requests waiting for capacity", ["class"], registry=reg)
         for c in self.classes:
             g.labels(c.name).set_function(lambda n=c.name: self._queued[n])
-        h = Gauge("proserve_backend_healthy", "1 if the backend takes traffic", ["backend"],
-                  registry=reg)
-        i = Gauge("proserve_backend_inflight", "Requests in flight per backend", ["backend"],
-                  registry=reg)
+        self.m_healthy = Gauge("proserve_backend_healthy", "1 if the backend takes traffic",
+                               ["backend"], registry=reg)
+        self.m_inflight = Gauge("proserve_backend_inflight", "Requests in flight per backend",
+                                ["backend"], registry=reg)
         for b in self.backends:
-            h.labels(b.url).set_function(lambda b=b: float(b.healthy))
-            i.labels(b.url).set_function(lambda b=b: float(len(b.inflight)))
+            self._backend_gauges(b)
+        if self.fleet is not None:  # what an autoscaler (KEDA, HPA) reads
+            self.m_tier = Gauge("proserve_tier_instances", "Backends serving the tier",
+                                ["tier"], registry=reg)
+            self.m_tier_desired = Gauge(
+                "proserve_tier_desired_instances", "Backends the tier wants: its instances, "
+                "plus 1 while it has pending requests and the idle pool is empty", ["tier"],
+                registry=reg)
+            self.m_tier_pending = Gauge("proserve_tier_pending",
+                                        "Requests pending in the router for the tier", ["tier"],
+                                        registry=reg)
+            self.m_pool = Gauge("proserve_pool_instances",
+                                "Healthy backends in the idle pool (no tier)", registry=reg)
+            self._fleet_gauges()
+
+    def _backend_gauges(self, b: Backend) -> None:
+        self.m_healthy.labels(b.url).set_function(lambda b=b: float(b.routable))
+        self.m_inflight.labels(b.url).set_function(lambda b=b: float(len(b.inflight)))
+
+    def _fleet_gauges(self) -> None:
+        """Set the tier gauges from the router's fleet state (after every offer/retry/tick)."""
+        ps = self.fleet
+        if ps is None or ps.fleet is None:
+            return
+        f = ps.fleet
+        counts = f.counts()
+        pool = sum(1 for k in f.pool if self.backends[k].routable)
+        for t, tier in enumerate(ps.tiers):
+            pending = len(ps.pending[t])
+            self.m_tier.labels(tier.name).set(counts[t])
+            self.m_tier_desired.labels(tier.name).set(counts[t] + (1 if pending and not pool
+                                                                   else 0))
+            self.m_tier_pending.labels(tier.name).set(pending)
+        self.m_pool.set(pool)
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -313,7 +384,7 @@ class Gateway:
         queued = False
         try:
             while True:
-                up = [b for b in self.backends if b.healthy and b.index not in exclude]
+                up = [b for b in self.backends if b.routable and b.index not in exclude]
                 if not up:
                     return error(503, "no healthy backend can take the request",
                                  type_="service_unavailable", code="no_backend")
@@ -352,6 +423,113 @@ class Gateway:
             if queued:
                 self._queued[r.cls] -= 1
 
+    # ------------------------------------------------------------------ fleet routers (PolyServe)
+    def _fleet_views(self, exclude: set[int] | frozenset[int] = frozenset()
+                     ) -> list[InstanceView]:
+        now = self.now()
+        return [b.view(now) for b in self.backends if b.routable and b.index not in exclude]
+
+    async def _admit_fleet(self, r: Request, exclude: set[int]) -> Backend | web.Response:
+        """Place ``r`` with a router that holds requests (PolyServe): ``offer`` it, then wait
+        until a placement for it comes back from this or any later offer/retry/tick (other
+        requests finishing, the scale-down timer, a backend joining). Past its class's
+        ``queue_timeout_s`` (sheddable classes: at once) it leaves the router's pending queue and
+        gets 429 + Retry-After; a client that goes away leaves the queue too.
+
+        ``exclude``: a retry after the backend it was placed on failed before the first byte:
+        placed at once elsewhere with the router's one-shot ``route`` (the tier ladder, else the
+        least loaded backend), not queued again."""
+        ps = self.fleet
+        assert ps is not None
+        no_backend = error(503, "no healthy backend can take the request",
+                           type_="service_unavailable", code="no_backend")
+        if exclude:
+            views = self._fleet_views(exclude)
+            if not views:
+                return no_backend
+            try:
+                k = ps.route(r, views, self.now())
+            except NoHealthyInstance:
+                return no_backend
+            b = self.backends[k]
+            b.received += 1
+            b.inflight[r.id] = r
+            self._fleet_gauges()
+            return b
+        views = self._fleet_views()
+        if not views:
+            return no_backend
+        settings = self.cfg.settings(r.cls)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters[r.id] = fut
+        start = self._clock()
+        queued = False
+        try:
+            self._apply(ps.offer(r, views, self.now()))
+            while not fut.done():
+                waited = self._clock() - start
+                if settings.sheddable or waited >= settings.queue_timeout_s:
+                    if ps.cancel(r):
+                        self._fleet_gauges()
+                        self.m_shed.labels(r.tenant, r.cls).inc()
+                        retry = max(1, math.ceil(settings.queue_timeout_s))
+                        if settings.sheddable:
+                            return error(429, f"no capacity to serve class {r.cls!r} now; "
+                                              f"retry in {retry} s", code="capacity_shed",
+                                         headers={"Retry-After": str(retry)})
+                        return error(429, f"class {r.cls!r} waited {settings.queue_timeout_s:g}"
+                                          f" s without capacity", code="queue_timeout",
+                                     headers={"Retry-After": str(retry)})
+                    if not fut.done():  # neither pending nor placed: cannot happen
+                        return error(500, "request lost by the router", type_="server_error",
+                                     code="internal_error")
+                    break
+                if not queued:
+                    queued = True
+                    self._queued[r.cls] += 1
+                await asyncio.wait({fut}, timeout=min(settings.queue_timeout_s - waited, 0.05))
+            return self.backends[fut.result()]
+        except asyncio.CancelledError:  # the client went away: out of the queue, or give back
+            if ps.cancel(r):
+                self._fleet_gauges()
+            elif fut.done() and not fut.cancelled():
+                self.backends[fut.result()].inflight.pop(r.id, None)
+                asyncio.get_running_loop().call_soon(self._fleet_retry)
+            raise
+        finally:
+            self._waiters.pop(r.id, None)
+            if queued:
+                self._queued[r.cls] -= 1
+
+    def _apply(self, placements: list[Placement]) -> None:
+        """Placements from offer/retry/tick, possibly of other pending requests: each goes in
+        flight on its backend at once (so the next decision sees it) and wakes its request."""
+        freed = False
+        for r, k, _ in placements:
+            b = self.backends[k]
+            b.received += 1  # the view now includes it (or, below, its departure)
+            fut = self._waiters.get(r.id)
+            if fut is None or fut.done():  # its client is gone (not expected: it left the queue)
+                freed = True
+                continue
+            b.inflight[r.id] = r
+            fut.set_result(k)
+        self._fleet_gauges()
+        self._fleet_wake.set()
+        if freed:
+            asyncio.get_running_loop().call_soon(self._fleet_retry)
+
+    def _fleet_retry(self) -> None:
+        """Capacity may have freed (a request left, a backend joined or came back)."""
+        if self.fleet is not None and self.fleet.has_pending():
+            self._apply(self.fleet.retry(self._fleet_views(), self.now()))
+
+    def _left(self, b: Backend, r: Request) -> None:
+        """``r`` is no longer in flight on ``b``."""
+        b.inflight.pop(r.id, None)
+        self._capacity.set()
+        self._fleet_retry()
+
     def _upstream_body(self, b: Backend, r: Request, raw: dict[str, Any]) -> dict[str, Any]:
         """The body sent to backend ``b``: the client's, with every scheduling field it sent
         dropped (``priority``, ``priority_class``, our ``vllm_xargs`` keys in any spelling) and
@@ -373,8 +551,9 @@ class Gateway:
         assert self.session is not None
         tried: set[int] = set()
         last_err = "no backend tried"
+        admit = self._admit if self.fleet is None else self._admit_fleet
         for _attempt in range(self.cfg.retries + 1):
-            b = await self._admit(r, tried)
+            b = await admit(r, tried)
             if isinstance(b, web.Response):
                 if tried and b.status == 503:  # retries exhausted the healthy backends
                     return error(502, f"every backend failed: {last_err}", type_="server_error",
@@ -388,15 +567,18 @@ class Gateway:
                     timeout=aiohttp.ClientTimeout(total=self.cfg.request_timeout_s,
                                                   sock_connect=2.0))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                b.inflight.pop(r.id, None)
+                self._left(b, r)
                 self._backend_failed(b)
                 self.m_retries.labels(b.url).inc()
                 last_err = f"{b.url}: {type(e).__name__}: {e}"
                 continue
+            except asyncio.CancelledError:  # the client went away before the backend answered
+                self._left(b, r)
+                raise
             if up.status >= 500:
                 text = await up.text()
                 up.release()
-                b.inflight.pop(r.id, None)
+                self._left(b, r)
                 self._backend_failed(b)
                 self.m_retries.labels(b.url).inc()
                 last_err = f"{b.url}: HTTP {up.status}: {text[:200]}"
@@ -412,8 +594,7 @@ class Gateway:
                 return await self._relay_json(r, b, up)
             finally:
                 up.release()
-                b.inflight.pop(r.id, None)
-                self._capacity.set()
+                self._left(b, r)
         return error(502, f"every backend failed: {last_err}", type_="server_error",
                      code="backend_failed")
 
@@ -479,7 +660,9 @@ class Gateway:
         h = self.cfg.health
         assert self.session is not None
         while True:
-            for b in self.backends:
+            for b in list(self.backends):
+                if b.removed:
+                    continue
                 try:
                     async with self.session.get(b.url + "/health",
                                                 timeout=aiohttp.ClientTimeout(total=h.timeout_s)
@@ -492,6 +675,7 @@ class Gateway:
                     if not b.healthy:
                         b.healthy = True
                         self._capacity.set()
+                        self._fleet_retry()
                 else:
                     b.failures += 1
                     if b.failures >= h.failures_to_eject:
@@ -501,8 +685,8 @@ class Gateway:
     async def _scrape_loop(self) -> None:
         assert self.session is not None
         while True:
-            for b in self.backends:
-                if not b.healthy:
+            for b in list(self.backends):
+                if not b.routable:
                     continue
                 try:
                     async with self.session.get(b.url + "/metrics",
@@ -522,14 +706,126 @@ class Gateway:
             elif name in ("vllm:num_requests_waiting", "sglang:num_queue_reqs"):
                 b.scraped_waiting = int(sum(s.value for s in fam.samples))
 
+    async def _fleet_loop(self) -> None:
+        """The fleet router's timers: ``tick`` at ``next_wakeup()`` (instances that finished
+        starting, the periodic scale-down check), and the tier gauges kept fresh."""
+        ps = self.fleet
+        assert ps is not None
+        while True:
+            try:
+                now = self.now()
+                if now >= ps.next_wakeup():
+                    self._apply(ps.tick(self._fleet_views(), now))
+                self._fleet_gauges()
+                delay = min(max(ps.next_wakeup() - self.now(), 0.0), 0.25)
+            except Exception:  # a router bug must not stop the timers for good
+                log.exception("fleet router tick failed")
+                delay = 0.25
+            self._fleet_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._fleet_wake.wait(), timeout=delay)
+
+    # ------------------------------------------------------------------ reconfiguration
+    def reload(self, path: str | Path) -> dict[str, list[str]] | None:
+        """SIGHUP: re-read ``path`` and apply its backend list (nothing else in it changes
+        until a restart). A bad file is logged and changes nothing."""
+        try:
+            cfg = load_gateway_config(path)
+            for b in cfg.backends:
+                load_profile(b.profile)
+        except (ValueError, OSError) as e:
+            log.error("reload: %s; keeping the current backends", e)
+            return None
+        return self.apply_backends(cfg.backends)
+
+    def apply_backends(self, wanted: list[BackendConfig]) -> dict[str, list[str]]:
+        """Make the routable backends the ``wanted`` list (matched by URL), without dropping
+        in-flight work: a new URL joins with a new index (PolyServe: into the idle pool); a URL
+        no longer listed is marked removed (routers skip it; PolyServe takes it out of its tier
+        or pool) while its in-flight streams finish; a kept URL takes the new kind and profile.
+        Indices are never reused, so a URL that comes back joins as a new backend."""
+        now = self.now()
+        live = {b.url: b for b in self.backends if not b.removed}
+        want: dict[str, BackendConfig] = {}
+        for bc in wanted:
+            want.setdefault(bc.url.rstrip("/"), bc)
+        added: list[str] = []
+        removed: list[str] = []
+        updated: list[str] = []
+        for u, b in live.items():
+            if u not in want:
+                b.removed = True
+                if self.fleet is not None:
+                    self._fleet_remove(b.index, now)
+                removed.append(u)
+        for u, bc in want.items():
+            nb = self._new_backend(len(self.backends), bc)
+            if u in live:
+                b = live[u]
+                if (b.kind, b.model) != (nb.kind, nb.model):
+                    b.kind, b.model = nb.kind, nb.model
+                    updated.append(u)
+                continue
+            self.backends.append(nb)
+            self._backend_gauges(nb)
+            if self.fleet is not None:
+                nb.received = 0
+                self._fleet_add(nb.index, now)
+            added.append(u)
+        for u in added:
+            k = next(b.index for b in self.backends if b.url == u and not b.removed)
+            log.info("reload: backend %s added (index %d%s)", u, k,
+                     ", into the idle pool" if self.fleet is not None else "")
+        for u in removed:
+            b = live[u]
+            log.info("reload: backend %s removed (index %d): no new requests; %d in flight "
+                     "finish there", u, b.index, len(b.inflight))
+        for u in updated:
+            log.info("reload: backend %s updated (kind, profile)", u)
+        if not (added or removed or updated):
+            log.info("reload: backends unchanged")
+        if added:
+            self._capacity.set()
+            self._fleet_retry()
+        self._fleet_gauges()
+        return {"added": added, "removed": removed, "updated": updated}
+
+    def _fleet_add(self, k: int, now: float) -> None:
+        """A new backend joins PolyServe's idle pool (its fleet is sized at attach: grow it)."""
+        assert self.fleet is not None
+        f = self.fleet.fleet
+        assert f is not None
+        if k != f.n:
+            raise RuntimeError(f"backend {k} joins a fleet of {f.n}")
+        f.n += 1
+        f.tier_of.append(-1)
+        f.ready_at.append(0.0)
+        f.since.append(now)
+        f.empty_streak.append(0)
+        f.tiered.add(k)
+        f.pool.append(k)
+        f.pool.sort()
+
+    def _fleet_remove(self, k: int, now: float) -> None:
+        """A removed backend leaves its tier (its server-seconds stop) and the pool for good."""
+        assert self.fleet is not None
+        f = self.fleet.fleet
+        assert f is not None
+        if f.tier_of[k] >= 0:
+            f.leave(k, now)
+        if k in f.pool:
+            f.pool.remove(k)
+        f.tiered.discard(k)
+
     # ------------------------------------------------------------------ app
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(self, request: web.Request) -> web.Response:
-        up = sum(b.healthy for b in self.backends)
-        return web.json_response({"healthy_backends": up, "backends": len(self.backends)},
+        up = sum(b.routable for b in self.backends)
+        n = sum(not b.removed for b in self.backends)
+        return web.json_response({"healthy_backends": up, "backends": n},
                                  status=200 if up else 503)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -541,8 +837,11 @@ class Gateway:
         async def on_startup(_: web.Application) -> None:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
-            self._tasks = [asyncio.get_running_loop().create_task(self._health_loop()),
-                           asyncio.get_running_loop().create_task(self._scrape_loop())]
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._health_loop()),
+                           loop.create_task(self._scrape_loop())]
+            if self.fleet is not None:
+                self._tasks.append(loop.create_task(self._fleet_loop()))
 
         async def on_cleanup(_: web.Application) -> None:
             for t in self._tasks:
@@ -559,14 +858,21 @@ class Gateway:
 
 
 async def serve_gateway(cfg: GatewayConfig, ready: asyncio.Event | None = None,
-                        stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until ``stop`` is set or SIGINT/SIGTERM; then drain in-flight requests."""
+                        stop: asyncio.Event | None = None,
+                        config_path: str | Path | None = None) -> None:
+    """Run the gateway until ``stop`` is set or SIGINT/SIGTERM; then drain in-flight requests.
+    With ``config_path``, SIGHUP re-reads that file's backend list (:meth:`Gateway.reload`)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     gw = Gateway(cfg)
+    hup = False
+    if config_path is not None and hasattr(signal, "SIGHUP"):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, gw.reload, config_path)
+            hup = True
     runner = web.AppRunner(gw.app(), handler_cancellation=True, access_log=None,
                            shutdown_timeout=cfg.shutdown_grace_s)
     await runner.setup()
@@ -576,4 +882,6 @@ async def serve_gateway(cfg: GatewayConfig, ready: asyncio.Event | None = None,
             ready.set()
         await stop.wait()
     finally:
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()

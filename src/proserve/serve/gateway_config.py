@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..core.classes import PriorityClass, SpecError, parse_classes
 
+DEFAULT_MEAN_OUTPUT = 256  # tokens: a PolyServe tier's expected output length unless configured
+
 
 class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -88,10 +90,61 @@ class GatewayConfig(BaseModel):
                 if key in seen:
                     raise ValueError(f"tenants.{i}.api_keys: key also belongs to {seen[key]!r}")
                 seen[key] = t.name
+        from ..cluster.base import make_router, router_spec
+
+        spec = router_spec(self.router)
+        if getattr(spec.cls, "holds_requests", False):  # polyserve: tiers from the classes
+            self.router_tiers()  # every class needs an absolute TPOT SLO
+            try:
+                make_router(self.router, **self.router_kwargs())
+            except ValueError as e:
+                raise ValueError(f"router_args: {e}") from None
+        return self
+
+    def router_holds_requests(self) -> bool:
+        """Does the router queue requests itself (PolyServe's fleet API) instead of answering
+        each ``choose``?"""
         from ..cluster.base import router_spec
 
-        router_spec(self.router)
-        return self
+        return bool(getattr(router_spec(self.router).cls, "holds_requests", False))
+
+    def router_tiers(self) -> list[dict]:
+        """PolyServe tiers from the classes, one per class: its absolute TPOT SLO and its mean
+        output length (``router_args.mean_output: {class: tokens}``, default 256)."""
+        classes = self.priority_classes()
+        names = [c.name for c in classes]
+        if "tiers" in self.router_args:
+            raise ValueError(f"router_args.tiers: router {self.router!r} takes its tiers from "
+                             f"the classes ({', '.join(names)}); set TPOT SLOs there")
+        mean = self.router_args.get("mean_output") or {}
+        if not isinstance(mean, dict):
+            raise ValueError("router_args.mean_output: expected a mapping {class: tokens}")
+        for k, v in mean.items():
+            if k not in names:
+                raise ValueError(f"router_args.mean_output: unknown class {k!r}; known: "
+                                 f"{', '.join(names)}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 1:
+                raise ValueError(f"router_args.mean_output.{k}: expected a number of tokens "
+                                 f">= 1, got {v!r}")
+        out = []
+        for c in classes:
+            if c.tpot.relative:
+                raise ValueError(
+                    f"classes: class {c.name!r} has a relative TPOT SLO "
+                    f"(tpot={c.tpot.value:g}x); router {self.router!r} makes one tier per "
+                    f"class and needs an absolute one, e.g. '{c.name}:tpot=50ms'")
+            out.append({"name": c.name, "tpot": c.tpot.value,
+                        "mean_output": float(mean.get(c.name, DEFAULT_MEAN_OUTPUT))})
+        return out
+
+    def router_kwargs(self) -> dict:
+        """What ``make_router`` gets: ``router_args``, and for a router that holds requests
+        the tiers in place of the gateway-only ``mean_output``."""
+        args = dict(self.router_args)
+        if self.router_holds_requests():
+            args.pop("mean_output", None)
+            args["tiers"] = self.router_tiers()
+        return args
 
     def priority_classes(self) -> list[PriorityClass]:
         return parse_classes(self.classes)
