@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from _common import loadavg, table
-
 from proserve.sim.run import SimConfig, run
 
 FLIP = "0.7|0.7|0.7|0.7|0.7|0.1|0.1|0.1|0.1|0.1"

@@ -18,7 +18,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from _common import loadavg, table
-
 from proserve.experiments.goodput import search
 from proserve.sim.run import SimConfig, run
 

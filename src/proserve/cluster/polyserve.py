@@ -577,6 +577,27 @@ class Fleet:
         self.scale_downs[t] += 1
         self.changes.append((now, self.changes[-1][1] - 1))
 
+    def add_instance(self, k: int, now: float) -> None:
+        """A new instance (index ``n``, e.g. a backend added on SIGHUP) joins the idle pool."""
+        if k != self.n:
+            raise RuntimeError(f"instance {k} joins a fleet of {self.n}")
+        self.n += 1
+        self.tier_of.append(-1)
+        self.ready_at.append(0.0)
+        self.since.append(now)
+        self.empty_streak.append(0)
+        self.tiered.add(k)
+        self.pool.append(k)
+        self.pool.sort()
+
+    def remove_instance(self, k: int, now: float) -> None:
+        """An instance leaves for good (its tier's server-seconds stop; never reused)."""
+        if self.tier_of[k] >= 0:
+            self.leave(k, now)
+        if k in self.pool:
+            self.pool.remove(k)
+        self.tiered.discard(k)
+
     def check(self, busy: set[int], empty_checks: int, now: float) -> None:
         """One periodic check: instances empty ``empty_checks`` checks in a row go back."""
         for k in self.members():

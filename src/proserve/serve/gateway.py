@@ -791,31 +791,14 @@ class Gateway:
         return {"added": added, "removed": removed, "updated": updated}
 
     def _fleet_add(self, k: int, now: float) -> None:
-        """A new backend joins PolyServe's idle pool (its fleet is sized at attach: grow it)."""
-        assert self.fleet is not None
-        f = self.fleet.fleet
-        assert f is not None
-        if k != f.n:
-            raise RuntimeError(f"backend {k} joins a fleet of {f.n}")
-        f.n += 1
-        f.tier_of.append(-1)
-        f.ready_at.append(0.0)
-        f.since.append(now)
-        f.empty_streak.append(0)
-        f.tiered.add(k)
-        f.pool.append(k)
-        f.pool.sort()
+        """A new backend joins PolyServe's idle pool."""
+        assert self.fleet is not None and self.fleet.fleet is not None
+        self.fleet.fleet.add_instance(k, now)
 
     def _fleet_remove(self, k: int, now: float) -> None:
         """A removed backend leaves its tier (its server-seconds stop) and the pool for good."""
-        assert self.fleet is not None
-        f = self.fleet.fleet
-        assert f is not None
-        if f.tier_of[k] >= 0:
-            f.leave(k, now)
-        if k in f.pool:
-            f.pool.remove(k)
-        f.tiered.discard(k)
+        assert self.fleet is not None and self.fleet.fleet is not None
+        self.fleet.fleet.remove_instance(k, now)
 
     # ------------------------------------------------------------------ app
     async def metrics(self, request: web.Request) -> web.Response:
