@@ -83,6 +83,10 @@ def summary_table(res: dict) -> Table:
                 "goodput r/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "E2E p99 s",
                 "longest wait s", "preempt"):
         t.add_column(col, justify="right")
+    # prefix caching: a column only when the workload has prefix identity (hash_ids, --shared-prefix)
+    prefix = bool(res.get("workload", {}).get("prefixes"))
+    if prefix:
+        t.add_column("prefix hit", justify="right")
     rows = [("all", res)] + list(res["per_class"].items())
     for name, m in rows:
         t.add_row(
@@ -92,6 +96,7 @@ def summary_table(res: dict) -> Table:
             f"{_fmt(m['ttft_p50'], ms=True)}/{_fmt(m['ttft_p99'], ms=True)}",
             f"{_fmt(m['tpot_p50'], ms=True)}/{_fmt(m['tpot_p99'], ms=True)}",
             _fmt(m.get("e2e_p99")), _fmt(m.get("max_wait_s")), str(m["preemptions"]),
+            *([_fmt(m.get("prefix_hit_rate"), pct=True)] if prefix else []),
         )
     return t
 
@@ -107,6 +112,8 @@ KvOpt = typer.Option(None, "--kv-blocks", help="Override the profile's KV capaci
 ArrOpt = typer.Option("poisson", "--arrival", help="Arrivals for length-only traces: poisson | gamma.")
 CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-arrival times.")
 SynthOpt = typer.Option(False, "--synthetic-arrivals", help="Timestamped traces: keep only their lengths and draw --arrival (Poisson) arrivals at --rate, as PolyServe's evaluation does.")
+SharedPrefixOpt = typer.Option(0, "--shared-prefix", help="Every request of a tenant (its class, if the trace has none) starts with the same system prompt of this many tokens (prompt lengths unchanged); for traces without prefix ids (Mooncake's hash_ids are always used).")
+PrefixCacheOpt = typer.Option(True, "--prefix-caching/--no-prefix-caching", help="vLLM-style prefix caching of prompt blocks (on by default, as in vLLM); acts only on requests with prefix identity.")
 DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep serving after the last arrival.")
 TenantOpt = typer.Option(None, "--tenant-classes", help="Map tenants (ServeGen clients) to classes: 'volume' (heaviest tenants to the first class, by share), 'top:0.2', or 'client-5=high,client-9=low'.")
 RouterOpt = typer.Option(None, "--router", help="Router across instances (see `proserve routers`); default round-robin when instances > 1.")
@@ -136,6 +143,8 @@ def simulate(
     arrival: str = ArrOpt,
     cv: float = CvOpt,
     synthetic_arrivals: bool = SynthOpt,
+    shared_prefix: int = SharedPrefixOpt,
+    prefix_caching: bool = PrefixCacheOpt,
     drain: float = DrainOpt,
     policy_arg: list[str] | None = PArgOpt,
     tenant_classes: str | None = TenantOpt,
@@ -168,6 +177,7 @@ def simulate(
         policy_args=_policy_args(policy_arg), profile=profile, seed=seed, classes=classes,
         kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
         synthetic_arrivals=synthetic_arrivals,
+        shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
         w_p=w_p, w_d=w_d, tenant_classes=tenant_classes, router=router,
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
@@ -217,6 +227,8 @@ def compare(
     arrival: str = ArrOpt,
     cv: float = CvOpt,
     synthetic_arrivals: bool = SynthOpt,
+    shared_prefix: int = SharedPrefixOpt,
+    prefix_caching: bool = PrefixCacheOpt,
     drain: float = DrainOpt,
     tenant_classes: str | None = TenantOpt,
     instances: int = typer.Option(1, "--instances", help="Engine instances per run."),
@@ -244,6 +256,7 @@ def compare(
     base = _config(trace=trace, duration=duration, count=count, policy=pols[0], profile=profile,
                    seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
                    synthetic_arrivals=synthetic_arrivals,
+                   shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
                    drain_s=drain, instances=instances, rate=rate_list[0],
                    tenant_classes=tenant_classes, view_interval_ms=view_interval, mode=mode,
                    prefill_instances=prefill_instances, decode_instances=decode_instances,
@@ -293,6 +306,8 @@ def goodput(
     seed: int = SeedOpt,
     arrival: str = ArrOpt,
     synthetic_arrivals: bool = SynthOpt,
+    shared_prefix: int = SharedPrefixOpt,
+    prefix_caching: bool = PrefixCacheOpt,
     latency_noise: float = NoiseOpt,
     threshold: float = typer.Option(0.9, "--threshold", help="Deadline-SLO attainment the goodput must keep (every token by arrival + TTFT + i*TPOT)."),
     guess: float | None = typer.Option(None, "--guess", help="First rate to try (default: one per instance)."),
@@ -310,7 +325,8 @@ def goodput(
                    mode=mode, prefill_instances=prefill_instances,
                    decode_instances=decode_instances, profile=profile, classes=classes, seed=seed,
                    arrival=arrival, latency_noise=latency_noise, rate=guess or float(max(n, 1)),
-                   synthetic_arrivals=synthetic_arrivals)
+                   synthetic_arrivals=synthetic_arrivals,
+                   shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching)
     if not 0 < threshold <= 1 or rel_tol <= 0:
         _fail("--threshold must be in (0, 1] and --rel-tol positive")
     try:
@@ -400,6 +416,7 @@ def profiles() -> None:
 @app.command()
 def emulate(
     instances: int = typer.Option(1, "--instances", help="Emulated engines, on ports P .. P+N-1."),
+    processes: int = typer.Option(1, "--processes", help="Processes serving the engines (consecutive blocks of ports; the ports do not change), so a fleet uses every core."),
     port: int = typer.Option(18101, "--port", help="Port of the first instance."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     policy: str = typer.Option("slide-bounded", "--policy", help="Engine scheduler inside each instance."),
@@ -413,16 +430,17 @@ def emulate(
     time_scale: float = typer.Option(1.0, "--time-scale", help="Wall seconds per engine second (0.1 = 10x faster)."),
 ) -> None:
     """Serve OpenAI-compatible emulated engines that batch, prioritise and preempt for real."""
-    import asyncio
-
     from .core.classes import SpecError, parse_classes
     from .core.sched_fields import FieldLimits
     from .engine.base import policy_spec
     from .latency.profiles import load_profile
-    from .serve.emulator import EmulatorConfig, serve
+    from .serve.emulator import EmulatorConfig, run_emulators
+    from .serve.supervisor import WorkerStartError
 
     if instances < 1 or not 0 < port < 65536 or port + instances - 1 > 65535:
         _fail("--instances must be >= 1 and the ports P .. P+N-1 valid")
+    if not 1 <= processes <= instances:
+        _fail(f"--processes must be between 1 and --instances ({instances})")
     if time_scale <= 0 or max_model_len < 2:
         _fail("--time-scale must be positive and --max-model-len >= 2")
     try:
@@ -437,43 +455,76 @@ def emulate(
                          field_limits=field_limits,
                          max_model_len=max_model_len, time_scale=time_scale)
     err.print(f"emulating {instances} x {policy} on {profile} at http://{host}:{port}"
-              + (f"..{port + instances - 1}" if instances > 1 else "") + " (Ctrl-C to stop)")
+              + (f"..{port + instances - 1}" if instances > 1 else "")
+              + (f" in {processes} processes" if processes > 1 else "") + " (Ctrl-C to stop)")
+    if processes > 1:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(cfg, instances, host, port))
+        code = run_emulators(cfg, instances, processes, host, port)
     except OSError as e:
         _fail(f"cannot listen: {e}")
+    except WorkerStartError as e:
+        _fail(str(e))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
 def gateway(
-    config: Path = typer.Option(..., "--config", help="Gateway YAML (see examples/gateway.yaml)."),
+    config: Path = typer.Option(..., "--config", help="Gateway YAML (see examples/gateway.yaml, docs/GATEWAY.md)."),
     port: int | None = typer.Option(None, "--port", help="Override the config's port."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker processes sharing the port (SO_REUSEPORT); overrides the config's `workers`. Tenant limits are shared between them only with `limits: {backend: redis}`."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Each worker also serves /metrics and /health on this port + its index; overrides the config's `metrics_port`."),
 ) -> None:
-    """Serve an OpenAI-compatible gateway with tenants, priorities and GoRouting."""
-    import asyncio
-
-    from .serve.gateway import serve_gateway
+    """Serve an OpenAI-compatible gateway with tenants, priorities and GoRouting, for one model
+    or several, in one process or several (--workers)."""
+    from .serve.gateway import run_gateway
     from .serve.gateway_config import load_gateway_config
+    from .serve.supervisor import WorkerStartError
 
     try:
         cfg = load_gateway_config(config)
+        over: dict[str, Any] = {}
         if port is not None:
-            cfg = cfg.model_copy(update={"port": port})
+            over["port"] = port
+        if workers is not None:
+            over["workers"] = workers
+        if metrics_port is not None:
+            over["metrics_port"] = metrics_port
+        if over:
+            cfg = type(cfg).model_validate({**cfg.model_dump(by_alias=True, exclude_unset=True),
+                                            **over})
         from .latency.profiles import load_profile
 
-        for b in cfg.backends:
-            load_profile(b.profile)
+        specs = cfg.model_specs()
+        for spec in specs:
+            for b in spec.backends:
+                load_profile(b.profile)
     except ValueError as e:
-        _fail(str(e))
-    err.print(f"gateway on http://{cfg.host}:{cfg.port} -> {len(cfg.backends)} backend(s), "
-              f"router {cfg.router} (Ctrl-C to stop; SIGHUP re-reads the backend list)")
+        msg = str(e)
+        if isinstance(e, ValidationError):
+            msg = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg']}"
+                            for x in e.errors())
+        _fail(msg)
+    nb = sum(len(s.backends) for s in specs)
+    what = (f"{nb} backend(s), router {specs[0].router}" if len(specs) == 1 else
+            f"{len(specs)} models ({', '.join(s.name for s in specs)}), {nb} backend(s)")
+    err.print(f"gateway on http://{cfg.host}:{cfg.port} -> {what}"
+              + (f", {cfg.workers} workers" if cfg.workers > 1 else "")
+              + " (Ctrl-C to stop; SIGHUP re-reads the backend lists)")
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve_gateway(cfg, config_path=config))
+        code = run_gateway(cfg, config_path=config)
     except OSError as e:
         _fail(f"cannot listen: {e}")
+    except WorkerStartError as e:  # a worker's own message: "cannot listen: ...", ...
+        _fail(str(e))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

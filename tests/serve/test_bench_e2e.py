@@ -137,7 +137,7 @@ def test_bench_through_gateway_counts_every_request_by_tenant() -> None:
 
             def counted(text: str, cls: str, tenant: str) -> float:
                 return sample_sum(text, f'proserve_requests_total{{class="{cls}",code="200",'
-                                        f'tenant="{tenant}"}}')
+                                        f'model="proserve-emulated",tenant="{tenant}"}}')
 
             # the gateway counts right after its last write: allow it that moment
             texts = []

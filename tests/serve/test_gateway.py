@@ -17,6 +17,7 @@ from proserve.serve.gateway import Gateway, TokenBucket
 from proserve.serve.gateway_config import GatewayConfig, load_gateway_config
 
 MODEL = "proserve-emulated"
+LM = f'model="{MODEL}"'  # every gateway metric's model label
 CLASSES = "gold:w=4;silver:w=2;bronze:w=1;scrap:w=0.5,ttft=1ms"  # the gateway's and engines'
 GOLD = {"Authorization": "Bearer k-gold"}
 BRONZE = {"Authorization": "Bearer k-bronze"}
@@ -113,8 +114,9 @@ def test_keys_escalation_and_bad_bodies() -> None:
                              headers={**GOLD, "Content-Type": "application/json"})
             assert r.status == 413
             text = await (await c.get("/metrics")).text()
-            assert 'proserve_requests_total{class="bronze",code="200",tenant="acme"} 1.0' in text
-            assert 'proserve_requests_total{class="bronze",code="403",tenant="cheap"} 2.0' in text
+            req = "proserve_requests_total"
+            assert f'{req}{{class="bronze",code="200",{LM},tenant="acme"}} 1.0' in text
+            assert f'{req}{{class="bronze",code="403",{LM},tenant="cheap"}} 2.0' in text
         finally:
             await c.close()
             for s in servers:
@@ -148,8 +150,8 @@ def test_streaming_priority_propagation_and_metrics() -> None:
             assert (gold.cls, gold.weight, gold.priority) == ("gold", 4.0, 0)
             assert (bronze.cls, bronze.weight, bronze.priority) == ("bronze", 1.0, 2)
             text = await (await c.get("/metrics")).text()
-            assert 'proserve_ttft_seconds_count{class="gold",tenant="acme"} 1.0' in text
-            assert 'proserve_tdg_gain_max_total{class="gold",tenant="acme"} 16.0' in text
+            assert f'proserve_ttft_seconds_count{{class="gold",{LM},tenant="acme"}} 1.0' in text
+            assert f'proserve_tdg_gain_max_total{{class="gold",{LM},tenant="acme"}} 16.0' in text
             assert 'proserve_backend_healthy{backend="' in text
             assert gw.backends[0].inflight == {} and gw.backends[1].inflight == {}
         finally:
@@ -186,7 +188,7 @@ def test_rate_limit_and_shedding_get_429_with_retry_after() -> None:
             assert r.status == 429 and d["error"]["code"] == "capacity_shed"
             assert "Retry-After" in r.headers
             text = await (await c.get("/metrics")).text()
-            assert 'proserve_shed_total{class="scrap",tenant="junk"} 1.0' in text
+            assert f'proserve_shed_total{{class="scrap",{LM},tenant="junk"}} 1.0' in text
         finally:
             await c.close()
             for s in servers:
@@ -205,7 +207,7 @@ def test_backend_down_before_first_byte_is_retried_elsewhere() -> None:
                 r = await c.post("/v1/completions", json=body, headers=GOLD)
                 assert r.status == 200 and sse(await r.text())[-1] == "[DONE]"
             text = await (await c.get("/metrics")).text()
-            assert f'proserve_retries_total{{backend="{dead}"}}' in text
+            assert f'proserve_retries_total{{backend="{dead}",model="proserve-emulated"}}' in text
             # with every backend gone the client gets an explicit error, not silence
             await servers[0].close()
             r = await c.post("/v1/completions", json=body, headers=GOLD)

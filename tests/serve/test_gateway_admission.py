@@ -170,7 +170,7 @@ def test_default_path_queues_while_late_and_wakes_when_capacity_frees() -> None:
             b = post(c, SMALL, FAST)
             await until(lambda: gw._queued["fast"] == 1 or b.done(), "B queued")
             assert not b.done() and not stub.started(SMALL)  # waits, not forwarded
-            assert await metric(c, 'proserve_queue_depth{class="fast"}') == 1.0
+            assert await metric(c, 'proserve_queue_depth{class="fast",model="m"}') == 1.0
             # the same load is on time for "relaxed" (2 s TTFT SLO; its 10 ms TPOT is not the
             # one that matters): forwarded at once, past the queued fast request
             d = post(c, SMALL + 1, RELAXED)
@@ -184,9 +184,9 @@ def test_default_path_queues_while_late_and_wakes_when_capacity_frees() -> None:
             assert ra.status == 200 and rb.status == 200
             assert stub.log.index(("end", BIG)) < stub.log.index(("start", SMALL))
             assert gw._queued["fast"] == 0
-            assert await metric(c, 'proserve_queue_depth{class="fast"}') == 0.0
+            assert await metric(c, 'proserve_queue_depth{class="fast",model="m"}') == 0.0
             assert await metric(
-                c, 'proserve_requests_total{class="fast",code="200",tenant="f"}') == 2.0
+                c, 'proserve_requests_total{class="fast",code="200",model="m",tenant="f"}') == 2.0
             assert await metric(c, "proserve_shed_total") == 0.0
         finally:
             stub.release()
@@ -243,9 +243,9 @@ def test_hopelessly_late_after_its_queue_timeout_gets_429_queue_timeout() -> Non
             assert rb.status == 429 and d["error"]["code"] == "queue_timeout", d
             assert int(rb.headers["Retry-After"]) >= 1
             assert not stub.started(SMALL) and gw._queued["fast"] == 0
-            assert await metric(c, 'proserve_shed_total{class="fast",tenant="f"}') == 1.0
+            assert await metric(c, 'proserve_shed_total{class="fast",model="m",tenant="f"}') == 1.0
             assert await metric(
-                c, 'proserve_requests_total{class="fast",code="429",tenant="f"}') == 1.0
+                c, 'proserve_requests_total{class="fast",code="429",model="m",tenant="f"}') == 1.0
             stub.hold[BIG].set()
             assert (await asyncio.wait_for(a, timeout=60)).status == 200
         finally:
@@ -401,7 +401,7 @@ def test_tokens_per_second_limit_counts_prompt_plus_max_tokens() -> None:
             assert (await send()).status == 429
             assert len([x for x in stub.log if x[0] == "start"]) == 4  # refused never forwarded
             assert await metric(
-                c, 'proserve_requests_total{class="fast",code="429",tenant="f"}') == 3.0
+                c, 'proserve_requests_total{class="fast",code="429",model="m",tenant="f"}') == 3.0
         finally:
             stub.release()
             await c.close()
@@ -433,9 +433,9 @@ def test_backend_4xx_is_passed_through_unchanged_and_not_retried(stream: bool) -
             assert all(b.healthy and b.failures == 0 and not b.inflight for b in gw.backends)
             assert await metric(c, "proserve_retries_total") == 0.0
             assert await metric(
-                c, 'proserve_requests_total{class="fast",code="422",tenant="f"}') == 1.0
+                c, 'proserve_requests_total{class="fast",code="422",model="m",tenant="f"}') == 1.0
             assert await metric(
-                c, 'proserve_requests_total{class="fast",code="400",tenant="f"}') == 1.0
+                c, 'proserve_requests_total{class="fast",code="400",model="m",tenant="f"}') == 1.0
         finally:
             await c.close()
             for s in stubs:

@@ -161,7 +161,8 @@ def spy_placements(gw: Gateway) -> list[tuple[str, int, str]]:
     """(class, backend, tier of that backend when placed) for every placement the router
     hands back, from any of offer/retry/tick."""
     seen: list[tuple[str, int, str]] = []
-    orig = gw._apply
+    pool = gw.pool  # the model's pool: its router's placements go through its _apply
+    orig = pool._apply
     ps = gw.fleet
     assert ps is not None
 
@@ -171,7 +172,7 @@ def spy_placements(gw: Gateway) -> list[tuple[str, int, str]]:
             seen.append((r.cls, k, ps.tiers[t].name if t >= 0 else "pool"))
         return orig(placements)
 
-    gw._apply = spy
+    pool._apply = spy
     return seen
 
 
@@ -222,10 +223,10 @@ def test_two_tiers_complete_on_backends_of_their_tier() -> None:
             counts = dict(zip([t.name for t in ps.tiers], f.counts()))
             assert counts["loose"] == 1 and counts["tight"] == len(tight_backends) >= 1
             g = await scrape(c)
-            assert g['proserve_tier_instances{tier="loose"}'] == 1.0
-            assert g['proserve_tier_instances{tier="tight"}'] == counts["tight"]
-            assert g["proserve_pool_instances"] == 3 - 1 - counts["tight"]
-            assert g['proserve_tier_pending{tier="tight"}'] == 0.0
+            assert g['proserve_tier_instances{model="m",tier="loose"}'] == 1.0
+            assert g['proserve_tier_instances{model="m",tier="tight"}'] == counts["tight"]
+            assert g['proserve_pool_instances{model="m"}'] == 3 - 1 - counts["tight"]
+            assert g['proserve_tier_pending{model="m",tier="tight"}'] == 0.0
             assert not ps.has_pending() and all(not b.inflight for b in gw.backends)
         finally:
             await c.close()
@@ -243,13 +244,13 @@ def test_gauges_track_saturation_pending_and_scale_down() -> None:
         placed = spy_placements(gw)
         try:
             g = await scrape(c)
-            assert g == {'proserve_tier_instances{tier="tight"}': 0.0,
-                         'proserve_tier_instances{tier="loose"}': 0.0,
-                         'proserve_tier_desired_instances{tier="tight"}': 0.0,
-                         'proserve_tier_desired_instances{tier="loose"}': 0.0,
-                         'proserve_tier_pending{tier="tight"}': 0.0,
-                         'proserve_tier_pending{tier="loose"}': 0.0,
-                         "proserve_pool_instances": 2.0}
+            assert g == {'proserve_tier_instances{model="m",tier="tight"}': 0.0,
+                         'proserve_tier_instances{model="m",tier="loose"}': 0.0,
+                         'proserve_tier_desired_instances{model="m",tier="tight"}': 0.0,
+                         'proserve_tier_desired_instances{model="m",tier="loose"}': 0.0,
+                         'proserve_tier_pending{model="m",tier="tight"}': 0.0,
+                         'proserve_tier_pending{model="m",tier="loose"}': 0.0,
+                         'proserve_pool_instances{model="m"}': 2.0}
             for n in (10, 11):
                 stubs[0].hold[n] = asyncio.Event()
                 stubs[1].hold[n] = asyncio.Event()
@@ -260,9 +261,9 @@ def test_gauges_track_saturation_pending_and_scale_down() -> None:
             first = 0 if stubs[0].started(10) else 1
             assert stubs[1 - first].started(11)
             g = await scrape(c)
-            assert g['proserve_tier_instances{tier="tight"}'] == 2.0
-            assert g["proserve_pool_instances"] == 0.0
-            assert g['proserve_tier_desired_instances{tier="tight"}'] == 2.0
+            assert g['proserve_tier_instances{model="m",tier="tight"}'] == 2.0
+            assert g['proserve_pool_instances{model="m"}'] == 0.0
+            assert g['proserve_tier_desired_instances{model="m",tier="tight"}'] == 2.0
             # saturated, pool empty: C and D pend, and the tier wants one more backend
             stubs[first].hold[12] = asyncio.Event()
             d = post(c, 12, TIGHT)
@@ -271,12 +272,12 @@ def test_gauges_track_saturation_pending_and_scale_down() -> None:
             await until(lambda: len(gw.fleet.pending_requests()) == 2 or e.done(), "D pending")
             assert not d.done() and not e.done()
             g = await scrape(c)
-            assert g['proserve_tier_pending{tier="tight"}'] == 2.0
-            assert g['proserve_tier_desired_instances{tier="tight"}'] == 3.0
-            assert g['proserve_tier_instances{tier="tight"}'] == 2.0
-            assert g['proserve_tier_pending{tier="loose"}'] == 0.0
+            assert g['proserve_tier_pending{model="m",tier="tight"}'] == 2.0
+            assert g['proserve_tier_desired_instances{model="m",tier="tight"}'] == 3.0
+            assert g['proserve_tier_instances{model="m",tier="tight"}'] == 2.0
+            assert g['proserve_tier_pending{model="m",tier="loose"}'] == 0.0
             text = await (await c.get("/metrics")).text()
-            assert 'proserve_queue_depth{class="tight"} 2.0' in text
+            assert 'proserve_queue_depth{class="tight",model="m"} 2.0' in text
             # A finishing frees its backend: C goes there at once; D, placed in the same retry
             # call, must see C there (the view counts the router's own placement) and wait
             stubs[first].hold[10].set()
@@ -287,8 +288,8 @@ def test_gauges_track_saturation_pending_and_scale_down() -> None:
             log = stubs[first].log
             assert log.index(("end", 10)) < log.index(("start", 12))
             g = await scrape(c)
-            assert g['proserve_tier_pending{tier="tight"}'] == 1.0
-            assert g['proserve_tier_desired_instances{tier="tight"}'] == 3.0
+            assert g['proserve_tier_pending{model="m",tier="tight"}'] == 1.0
+            assert g['proserve_tier_desired_instances{model="m",tier="tight"}'] == 3.0
             # C finishing lets D through, on the same backend
             stubs[first].hold[12].set()
             rd, re_ = await asyncio.wait_for(asyncio.gather(d, e), timeout=60)
@@ -296,22 +297,22 @@ def test_gauges_track_saturation_pending_and_scale_down() -> None:
             assert stubs[first].started(13) and not stubs[1 - first].started(13)
             assert [p[1] for p in placed] == [first, 1 - first, first, first]
             g = await scrape(c)
-            assert g['proserve_tier_pending{tier="tight"}'] == 0.0
-            assert g['proserve_tier_desired_instances{tier="tight"}'] == 2.0
+            assert g['proserve_tier_pending{model="m",tier="tight"}'] == 0.0
+            assert g['proserve_tier_desired_instances{model="m",tier="tight"}'] == 2.0
             stubs[1 - first].release()
             assert (await asyncio.wait_for(b, timeout=60)).status == 200
             # all idle: two empty checks later both backends are back in the pool
             async def pooled() -> bool:
-                return (await scrape(c))["proserve_pool_instances"] == 2.0
+                return (await scrape(c))['proserve_pool_instances{model="m"}'] == 2.0
 
             for _ in range(500):
                 if await pooled():
                     break
                 await asyncio.sleep(0.01)
             g = await scrape(c)
-            assert g["proserve_pool_instances"] == 2.0
-            assert g['proserve_tier_instances{tier="tight"}'] == 0.0
-            assert g['proserve_tier_desired_instances{tier="tight"}'] == 0.0
+            assert g['proserve_pool_instances{model="m"}'] == 2.0
+            assert g['proserve_tier_instances{model="m",tier="tight"}'] == 0.0
+            assert g['proserve_tier_desired_instances{model="m",tier="tight"}'] == 0.0
         finally:
             for s in stubs:
                 s.release()
@@ -344,10 +345,11 @@ def test_pending_past_its_queue_timeout_gets_429_and_leaves_the_queue() -> None:
             assert "tight" in d["error"]["message"] and int(rb.headers["Retry-After"]) >= 1
             assert not ps.has_pending() and not stub.started(11)
             g = await scrape(c)
-            assert g['proserve_tier_pending{tier="tight"}'] == 0.0
+            assert g['proserve_tier_pending{model="m",tier="tight"}'] == 0.0
             text = await (await c.get("/metrics")).text()
-            assert 'proserve_requests_total{class="tight",code="429",tenant="t"} 1.0' in text
-            assert 'proserve_shed_total{class="tight",tenant="t"} 1.0' in text
+            assert ('proserve_requests_total{class="tight",code="429",model="m",tenant="t"} 1.0'
+                    in text)
+            assert 'proserve_shed_total{class="tight",model="m",tenant="t"} 1.0' in text
             # a sheddable class that would pend is refused at once, and does not pend
             r = await c.post("/v1/completions", headers=LOOSE,
                              json={"model": MODEL, "prompt": [1] * 13, "max_tokens": 1})
@@ -360,7 +362,8 @@ def test_pending_past_its_queue_timeout_gets_429_and_leaves_the_queue() -> None:
             assert not e.done()
             e.cancel()
             await until(lambda: not ps.has_pending(), "E left the queue")
-            await until(lambda: 'code="499",tenant="t"} 1.0' in gw_metrics(gw), "499 counted")
+            await until(lambda: 'code="499",model="m",tenant="t"} 1.0' in gw_metrics(gw),
+                        "499 counted")
             stub.hold[10].set()
             assert (await asyncio.wait_for(a, timeout=60)).status == 200
             await asyncio.sleep(0.1)
@@ -428,18 +431,19 @@ def test_sighup_adds_and_removes_backends_without_dropping_streams(tmp_path: Pat
                     assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None)
                     os.kill(os.getpid(), signal.SIGHUP)
                     for _ in range(500):
-                        if f'proserve_backend_healthy{{backend="{new}"}} 1.0' in await metrics():
+                        healthy = f'proserve_backend_healthy{{backend="{new}",model="m"}} 1.0'
+                        if healthy in await metrics():
                             break
                         await asyncio.sleep(0.01)
                     text = await metrics()
-                    assert f'proserve_backend_healthy{{backend="{new}"}} 1.0' in text
-                    assert f'proserve_backend_healthy{{backend="{old.url}"}} 0.0' in text
-                    assert f'proserve_backend_inflight{{backend="{old.url}"}} 1.0' in text
+                    assert f'proserve_backend_healthy{{backend="{new}",model="m"}} 1.0' in text
+                    assert f'proserve_backend_healthy{{backend="{old.url}",model="m"}} 0.0' in text
+                    assert f'proserve_backend_inflight{{backend="{old.url}",model="m"}} 1.0' in text
                     g = gauges(text)
                     # the removed backend left the tight tier; the new one is in the pool
-                    assert g['proserve_tier_instances{tier="tight"}'] == 0.0
-                    assert g['proserve_tier_instances{tier="loose"}'] == 1.0
-                    assert g["proserve_pool_instances"] == 1.0
+                    assert g['proserve_tier_instances{model="m",tier="tight"}'] == 0.0
+                    assert g['proserve_tier_instances{model="m",tier="loose"}'] == 1.0
+                    assert g['proserve_pool_instances{model="m"}'] == 1.0
                     # new requests while the old stream is still held: none reach the old one
                     codes = [await complete(30 + i, TIGHT) for i in range(3)]
                     codes += [await complete(40 + i, LOOSE) for i in range(2)]
@@ -453,7 +457,8 @@ def test_sighup_adds_and_removes_backends_without_dropping_streams(tmp_path: Pat
                 chunks = sse(first.decode() + rest)
                 assert chunks[-1] == "[DONE]" and len(chunks) == 51
                 assert old.log == [("start", 10), ("end", 10)]
-                assert f'proserve_backend_inflight{{backend="{old.url}"}} 0.0' in await metrics()
+                done = f'proserve_backend_inflight{{backend="{old.url}",model="m"}} 0.0'
+                assert done in await metrics()
                 # a bad file on SIGHUP changes nothing
                 path.write_text("backends: [unclosed")
                 os.kill(os.getpid(), signal.SIGHUP)

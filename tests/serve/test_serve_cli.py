@@ -186,9 +186,9 @@ def test_gateway_and_bench_cli_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.05)
             text = metrics(gurl)
         assert sample(text, 'proserve_requests_total{class="gold",code="200",'
-                            'tenant="gold-app"}') == per["gold"]
+                            'model="proserve-emulated",tenant="gold-app"}') == per["gold"]
         assert sample(text, 'proserve_requests_total{class="bulk",code="200",'
-                            'tenant="bulk-jobs"}') == per["bulk"], (per, [
+                            'model="proserve-emulated",tenant="bulk-jobs"}') == per["bulk"], (per, [
             ln for ln in text.splitlines() if ln.startswith("proserve_requests_total")])
         assert sample(text, "proserve_requests_total{") == 12  # nothing else, no errors
         # the engines behind it finished exactly the twelve

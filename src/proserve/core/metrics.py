@@ -21,6 +21,21 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(v, q)) if v.size else None
 
 
+def prefix_stats(reqs: Sequence[Request]) -> dict:
+    """Prefix caching: ``prefix_cached_tokens``, the prompt tokens found in the cache when each
+    request was first scheduled (its prefill skipped them), and ``prefix_hit_rate``, their share
+    of the prompt tokens of the requests that reached the engine (were scheduled at least once:
+    a request still queued when the run ended had no lookup). Hits when a preempted request
+    recomputes are not counted (they show in the engines' ``prefix_hit_tokens``)."""
+    cached = prompt = 0
+    for r in reqs:
+        if r.computed > 0 or r.generated > 0 or r.preemptions > 0:
+            cached += r.cached_tokens
+            prompt += r.prompt_len
+    return {"prefix_cached_tokens": cached,
+            "prefix_hit_rate": cached / prompt if prompt else 0.0}
+
+
 def summarize_group(
     reqs: Sequence[Request], w_p: float = 1.0, w_d: float = 1.0, span_s: float | None = None
 ) -> dict:
@@ -75,6 +90,7 @@ def summarize_group(
         "goodput_rps": float(slo.sum()) / span_s if span_s > 0 else 0.0,
         "output_tokens": int(gen.sum()),
         "preemptions": int(sum(r.preemptions for r in reqs)),
+        **prefix_stats(reqs),
     }
     for name, arr in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
         for q in PERCENTILES:

@@ -11,6 +11,11 @@ therefore prefills its prompt and emits token 1; afterwards each decode step com
 token and emits the next. Recompute preemption sets ``computed`` back to 0, so a resumed request
 prefills prompt + generated tokens before it emits its next token, exactly as vLLM does.
 
+Prefix identity (for prefix caching, :mod:`proserve.engine.kv`): ``prefix`` is an optional
+:class:`Prefix`, the prompt's chain of prefix-chained block ids (Mooncake's ``hash_ids``, or a
+shared system prompt's id). Equal ids at the same position imply equal prompt tokens up to the end
+of that chunk, so an engine derives a cache key per engine block without per-token data.
+
 Metrics are kept online as counters (first-token time, last-token time, tokens on time), so no
 per-token Python objects exist unless a caller asks for token traces.
 """
@@ -19,6 +24,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """A prompt's identity for prefix caching: prefix-chained ids of ``block``-token chunks.
+
+    ``ids[i]`` names chunk ``i`` (tokens ``[i * block, (i + 1) * block)``) *and* everything
+    before it, as Mooncake's ``hash_ids`` do (each id is a hash of its parent id and its chunk's
+    tokens, block 512). So two prompts whose chunk ``i`` has the same id share their first
+    ``(i + 1) * block`` tokens (or, for a last partial chunk, the same tokens up to the prompt's
+    end, since the id hashes the chunk's content). ``ids`` may cover only a leading part of the
+    prompt (e.g. a shared system prompt); the rest has no identity and is never shared.
+
+    An engine with block size ``bs`` keys its block ``j`` (tokens ``[j * bs, (j + 1) * bs)``)
+    as ``(ids[((j + 1) * bs - 1) // block], j)``: the id of the chunk holding the block's last
+    token, which by the chaining covers the whole block and all before it, plus ``j`` to tell
+    apart the engine blocks inside one chunk (:func:`block_keys`). Block ``j`` has a key only
+    if it is a full prompt block and that chunk has an id. One object can be shared by many
+    requests (every request of a class with the same system prompt).
+    """
+
+    ids: tuple
+    block: int
+
+    def __post_init__(self) -> None:
+        if self.block <= 0:
+            raise ValueError("Prefix.block must be positive")
+
+    def num_keyed(self, prompt_len: int, bs: int) -> int:
+        """How many leading engine blocks of size ``bs`` of a ``prompt_len`` prompt have keys."""
+        return min(prompt_len, len(self.ids) * self.block) // bs
+
+    def key(self, j: int, bs: int) -> tuple:
+        """Cache key of engine block ``j`` (block size ``bs``); see the class docstring."""
+        return (self.ids[((j + 1) * bs - 1) // self.block], j)
+
+
+def block_keys(prefix: Prefix, prompt_len: int, bs: int) -> list[tuple]:
+    """The cache keys of a prompt's keyed engine blocks, in order."""
+    ids, blk = prefix.ids, prefix.block
+    return [(ids[((j + 1) * bs - 1) // blk], j) for j in range(prefix.num_keyed(prompt_len, bs))]
 
 
 class Status(IntEnum):
@@ -49,12 +95,14 @@ class Request:
     priority: int = 0  # class rank, 0 = most important (vLLM convention: lower = more urgent)
     cls: str = "default"  # priority class name, for per-class metrics
     tenant: str = "default"
+    prefix: Prefix | None = None  # prompt identity for prefix caching (None: nothing shared)
 
     # --- engine state (mutated by the engine scheduler) ---
     status: Status = Status.WAITING
     computed: int = 0  # tokens whose KV is computed
     generated: int = 0  # output tokens emitted so far
-    blocks: int = 0  # KV blocks held
+    blocks: int = 0  # KV blocks held (its block table's length, shared blocks included)
+    cached_blocks: int = 0  # leading blocks of the table that are prefix-cache entries (shared)
     preemptions: int = 0
     instance: int = -1  # which engine instance serves it (set by the cluster)
     # Disaggregated serving: on a prefill instance the request ends its stay there when its first
@@ -67,6 +115,9 @@ class Request:
     finish_time: float = -1.0
     first_on_time: bool = False  # token 1 met its deadline (TTFT SLO)
     decode_on_time: int = 0  # tokens i > 1 that met deadline TTFT_SLO + (i - 1) * TPOT_SLO
+    # prompt tokens found in the prefix cache when the request was first scheduled (its
+    # prefill skipped them); recompute hits after a preemption are not counted here
+    cached_tokens: int = 0
     token_times: list[float] | None = field(default=None, repr=False)  # opt-in trace
 
     # ------------------------------------------------------------------ derived state
@@ -111,6 +162,7 @@ class Request:
         """Forget all engine state and metrics (used when a workload is replayed)."""
         self.status = Status.WAITING
         self.computed = self.generated = self.blocks = self.preemptions = 0
+        self.cached_blocks = self.cached_tokens = 0
         self.instance = -1
         self.first_token_time = self.last_token_time = self.finish_time = -1.0
         self.first_on_time = False

@@ -9,6 +9,16 @@ in the simulator (virtual time), the emulator (wall time) and inside vLLM.
 Every policy subclasses :class:`BaseScheduler`, which implements the parts that are not policy:
 admission checks, KV allocation, recompute preemption and token accounting. A policy supplies
 queue handling (``_enqueue``, ``_on_preempted``, ``_on_finished``) and ``schedule``.
+
+Prefix caching (``prefix_caching=True``, the default as in vLLM; it only acts on requests that
+carry a :class:`~proserve.core.request.Prefix`): when a policy is about to schedule a request that
+holds no KV, it matches the request's cached prefix (:meth:`BlockManager.match_prefix`) *before*
+sizing its chunk, so the chunk and its predicted cost cover only uncached tokens (context = the
+cached tokens); if it takes the request, :meth:`BaseScheduler._prefix_hit` acquires the matched
+blocks (``computed`` starts after them) before allocating the rest, and
+:meth:`BaseScheduler._undo_hit` gives them back should that allocation fail. After each step
+:meth:`update_from_output` caches the prompt blocks the step completed
+(:meth:`BlockManager.commit`).
 """
 
 from __future__ import annotations
@@ -130,11 +140,12 @@ class BaseScheduler:
         max_num_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
         max_num_seqs: int = DEFAULT_MAX_SEQS,
         check_invariants: bool = False,
+        prefix_caching: bool = True,
     ) -> None:
         if max_num_batched_tokens <= 0 or max_num_seqs <= 0:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
         self.model = model
-        self.kv = BlockManager(model.kv_blocks, model.block_size)
+        self.kv = BlockManager(model.kv_blocks, model.block_size, prefix_caching=prefix_caching)
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.check_invariants = check_invariants
@@ -143,6 +154,9 @@ class BaseScheduler:
         self.tokens_emitted = 0  # for the simulator's token-conservation check
         self.num_received = 0  # add_request calls: lets a router tell what a view includes
         self.orders_by_value = False  # policies that serve heavier work first set it
+        # prefix caching is on and some request with prefix identity has arrived: until then
+        # (and always for length-only traces) the hot loops skip every prefix-cache test
+        self.prefix_active = False
 
     # ------------------------------------------------------------------ policy hooks
     def _enqueue(self, req: Request, now: float) -> None:
@@ -171,6 +185,8 @@ class BaseScheduler:
             req.finish_time = now
             return False
         req.status = Status.WAITING
+        if req.prefix is not None and self.kv.caching:
+            self.prefix_active = True
         self._enqueue(req, now)
         return True
 
@@ -184,8 +200,12 @@ class BaseScheduler:
     def update_from_output(self, out: SchedulerOutput, now: float) -> list[Request]:
         """Apply a finished iteration at time ``now``: KV computed, tokens emitted, retirements."""
         finished: list[Request] = []
+        kv = self.kv
+        pc = self.prefix_active
         for r, q in zip(out.reqs, out.num_tokens):
             r.computed += q
+            if pc and r.prefix is not None and r.computed - q < r.prompt_len:
+                kv.commit(r)  # full prompt blocks computed this step become cached
             if r.computed == r.prompt_len + r.generated:
                 if r.prefill_only and r.generated == 0 and r.output_len > 1:
                     # disaggregated prefill: the first token reaches the user from the decode
@@ -255,6 +275,20 @@ class BaseScheduler:
         out.preempted.append(r)
         self._on_preempted(r)
 
+    def _prefix_hit(self, r: Request, blocks: int) -> None:
+        """Take the ``blocks`` cached leading blocks just matched for ``r`` (holds no KV,
+        computed nothing), which the policy is about to schedule: they count as computed."""
+        hit = self.kv.acquire_prefix(r, blocks)
+        if r.preemptions == 0 and r.generated == 0:
+            r.cached_tokens = hit  # the request's first scheduling: what its prefill skipped
+
+    def _undo_hit(self, r: Request) -> None:
+        """Give back a prefix hit of a request the policy did not schedule after all."""
+        self.kv.release(r)
+        r.computed = 0
+        if r.preemptions == 0 and r.generated == 0:
+            r.cached_tokens = 0
+
     def _allocate_or_preempt(
         self, r: Request, q: int, out: SchedulerOutput, victim: Callable[[], Request | None]
     ) -> bool:
@@ -306,6 +340,7 @@ class BaseScheduler:
                 dgen.append(r.generated)
                 if r.tpot_slo < min_tpot:
                     min_tpot = r.tpot_slo
+        # free blocks include free-but-cached ones: they are evicted on demand
         return EngineLoad(prefill, decodes, ctx, self.kv.free, self.kv.total, self.num_received,
                           min_tpot, self.orders_by_value, dctx, dgen)
 
@@ -319,6 +354,9 @@ class BaseScheduler:
             "kv_usage": self.kv.usage,
             "preemptions": self.num_preemptions,
             "finished": self.num_finished,
+            "prefix_caching": self.kv.caching,
+            "prefix_hit_tokens": self.kv.hit_tokens,
+            "prefix_evictions": self.kv.evictions,
         }
 
 

@@ -127,6 +127,9 @@ class UnifiedQueueScheduler(BaseScheduler):
         running = Status.RUNNING
         reqs, ntoks = out.reqs, out.num_tokens
         tail = _TailVictims(order)
+        pc = self.prefix_active
+        kv = self.kv
+        hit = 0
         for i, r in enumerate(order):
             tail.pos = i
             if i > tail.last or len(reqs) >= seq_cap:
@@ -136,6 +139,11 @@ class UnifiedQueueScheduler(BaseScheduler):
                 break
             time_left = budget - out.duration
             p = r.computed
+            # prefix cache: a request about to get its first KV starts after its cached
+            # prefix, so its chunk and cost cover only uncached tokens
+            if pc and not p and r.prefix is not None and not r.blocks:
+                hit = kv.match_prefix(r)[0]
+                p = hit * bs
             pend = r.prompt_len + r.generated - p
             if r.generated == 0 or pend > 1:  # prefill stage: divisible item
                 q = m.max_chunk(time_left, p, min(pend, tok_left))
@@ -152,7 +160,13 @@ class UnifiedQueueScheduler(BaseScheduler):
                 cost = d1 + d2 * (p + 1)
                 if cost > time_left and reqs:
                     break
-            if r.blocks * bs < p + q and not self._allocate_or_preempt(r, q, out, tail):
+            if hit:  # take the matched cached blocks, then allocate the rest
+                self._prefix_hit(r, hit)
+                if r.blocks * bs < p + q and not self._allocate_or_preempt(r, q, out, tail):
+                    self._undo_hit(r)
+                    break
+                hit = 0
+            elif r.blocks * bs < p + q and not self._allocate_or_preempt(r, q, out, tail):
                 break
             reqs.append(r)
             ntoks.append(q)
@@ -162,6 +176,7 @@ class UnifiedQueueScheduler(BaseScheduler):
             else:
                 out.prefill_tokens += q
             r.status = running
+
 
 class _TailVictims:
     """Preemption victims from the tail of the order, never at or before the current item."""

@@ -8,8 +8,9 @@ Semantics copied from vLLM v1's ``Scheduler.schedule`` (see docs/ARCHITECTURE.md
    the newest running request, priority mode the worst ``(priority, arrival)``. If the victim is the
    request itself, stop walking the running list.
 3. Only if nothing was preempted this step, admit waiting requests in queue order while the token
-   budget, ``max_num_seqs`` and free KV allow. The first waiting request that does not fit stops
-   admission: a waiting request never preempts running work (vLLM issue #40004).
+   budget, ``max_num_seqs`` and free KV allow (a request's cached prompt prefix counts as
+   computed, as vLLM's ``get_computed_blocks`` makes it). The first waiting request that does
+   not fit stops admission: a waiting request never preempts running work (vLLM issue #40004).
 
 Sarathi-Serve (OSDI'24) differs in two ways, both parameters here: decodes are scheduled before any
 prefill chunk (stall-free batching), and the per-iteration token budget is small and fixed (default
@@ -152,13 +153,24 @@ class RunningFirstScheduler(BaseScheduler):
             self._add(out, r, q, seq_time(q, p))
         if not out.preempted:
             waiting = self.waiting
+            pc = self.prefix_active
+            kv = self.kv
             while len(waiting) and len(running) < self.max_num_seqs:
                 budget = cap - out.prefill_tokens - out.decodes
                 if budget <= 0:
                     break
                 r = waiting.peek()
+                # prefix cache: a cached prompt prefix counts as computed before the chunk is
+                # sized; its blocks are taken only if the rest of the chunk fits too
+                if pc and r.prefix is not None and not r.blocks and not r.computed:
+                    hit, evictable = kv.match_prefix(r)
+                    if hit:
+                        q = min(r.pending - hit * bs, budget)
+                        if -(-(hit * bs + q) // bs) - hit > kv.free - evictable:
+                            break
+                        self._prefix_hit(r, hit)
                 q = min(r.pending, budget)
-                if not self.kv.allocate(r, r.computed + q):
+                if not kv.allocate(r, r.computed + q):
                     break
                 waiting.pop()
                 running.append(r)

@@ -270,9 +270,10 @@ class EmulatedEngine:
 
 async def serve(cfg: EmulatorConfig, instances: int, host: str, port: int,
                 ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
-                engines: list[EmulatedEngine] | None = None) -> None:
+                engines: list[EmulatedEngine] | None = None, first: int = 0) -> None:
     """Run ``instances`` emulated engines on ports ``port .. port + instances - 1`` until
-    ``stop`` is set (or SIGINT/SIGTERM), then shut down gracefully."""
+    ``stop`` is set (or SIGINT/SIGTERM), then shut down gracefully. ``first``: the index of the
+    first engine (response ids carry it), when several processes share the work."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -280,15 +281,15 @@ async def serve(cfg: EmulatorConfig, instances: int, host: str, port: int,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
-    built = [EmulatedEngine(cfg, i) for i in range(instances)]
+    built = [EmulatedEngine(cfg, first + i) for i in range(instances)]
     if engines is not None:
         engines.extend(built)
     try:
         for i, eng in enumerate(built):
             runner = web.AppRunner(eng.app(), handler_cancellation=True, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, host, port + i).start()
             runners.append(runner)
+            await web.TCPSite(runner, host, port + i).start()
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -299,3 +300,41 @@ async def serve(cfg: EmulatorConfig, instances: int, host: str, port: int,
 
 def ports(port: int, instances: int) -> Sequence[int]:
     return range(port, port + instances)
+
+
+def split(instances: int, processes: int) -> list[tuple[int, int]]:
+    """``(first index, count)`` of each process's engines: contiguous blocks, sizes differing by
+    at most one, in port order (engine i is on port P + i whatever the split)."""
+    out = []
+    first = 0
+    for k in range(processes):
+        n = instances // processes + (1 if k < instances % processes else 0)
+        out.append((first, n))
+        first += n
+    return out
+
+
+def _process_main(cfg: EmulatorConfig, host: str, port: int, first: int, count: int,
+                  conn) -> None:
+    """One process of :func:`run_emulators` (spawned by :func:`.supervisor.supervise`)."""
+    from .supervisor import run_worker, worker_logging
+
+    worker_logging(f"emulate process {first}..{first + count - 1}")
+    run_worker(conn, lambda ready, stop: serve(cfg, count, host, port + first, ready=ready,
+                                               stop=stop, first=first))
+
+
+def run_emulators(cfg: EmulatorConfig, instances: int, processes: int, host: str,
+                  port: int) -> int:
+    """``instances`` engines on ports ``port .. port + instances - 1``, served by ``processes``
+    processes (each a block of consecutive ports, :func:`split`), so a fleet uses every core;
+    the ports, and so a gateway's backend list, do not depend on ``processes``. One process:
+    in this one. Returns the exit code."""
+    if processes <= 1:
+        asyncio.run(serve(cfg, instances, host, port))
+        return 0
+    from .supervisor import supervise
+
+    return supervise("emulate", _process_main,
+                     [(cfg, host, port, first, n) for first, n in split(instances, processes)],
+                     grace_s=5.0)

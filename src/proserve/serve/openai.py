@@ -131,6 +131,13 @@ def models_response(model: str, max_model_len: int) -> web.Response:
         "max_model_len": max_model_len}]})
 
 
+def models_list_response(models: list[dict[str, Any]]) -> web.Response:
+    """``GET /v1/models`` for a server that serves several: each entry's ``id`` and extra
+    fields (``max_model_len``, ``aliases``)."""
+    return web.json_response({"object": "list", "data": [
+        {"object": "model", "created": 0, "owned_by": "proserve", **m} for m in models]})
+
+
 def openai_app(server: Any) -> web.Application:
     """The routes every OpenAI-compatible server of ours exposes, bound to ``server``'s
     ``completions``, ``chat``, ``models``, ``health`` and ``metrics`` handlers."""

@@ -58,6 +58,11 @@ class SimConfig(BaseModel):
     w_p: float = Field(default=1.0, ge=0)
     w_d: float = Field(default=1.0, ge=0)
     max_model_len: int | None = Field(default=None, gt=0)
+    # --- prefix caching (engine/kv.py) ---
+    # every request of a tenant (class) starts with the same system prompt of this many tokens
+    # (traces without their own prefix ids; Mooncake's hash_ids are always used)
+    shared_prefix_tokens: int = Field(default=0, ge=0)
+    prefix_caching: bool = True  # vLLM's default; acts only on requests with prefix identity
     # Fixed per-request latency outside the engine (API server, network). None: the profile's
     # measured ``request_overhead_s`` (profiles from `proserve profile --server`), else 0.
     request_overhead_ms: float | None = Field(default=None, ge=0)
@@ -203,7 +208,7 @@ def build_workload(cfg: SimConfig, model: LatencyModel):
         cfg.trace, rate=cfg.rate, duration=cfg.duration, count=cfg.count, classes=cfg.classes,
         model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
         max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
-        synthetic_arrivals=cfg.synthetic_arrivals,
+        synthetic_arrivals=cfg.synthetic_arrivals, shared_prefix_tokens=cfg.shared_prefix_tokens,
     )
 
 
@@ -238,7 +243,9 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     classes = parse_classes(cfg.classes)
     reqs, wl_info = build_workload(cfg, model)
     def engines(n: int) -> list:
-        return [make_scheduler(cfg.policy, model, **cfg.policy_args) for _ in range(n)]
+        return [make_scheduler(cfg.policy, model,
+                               **{"prefix_caching": cfg.prefix_caching, **cfg.policy_args})
+                for _ in range(n)]
 
     disagg = cfg.mode == "disaggregated"
     if disagg:
@@ -307,7 +314,8 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "sim_end_s": res.end_time,
         "per_instance": [
             {"instance": k, "role": roles[k], "utilisation": b / span,
-             "finished": e.num_finished, "preemptions": e.num_preemptions}
+             "finished": e.num_finished, "preemptions": e.num_preemptions,
+             "prefix_hit_tokens": e.kv.hit_tokens, "prefix_evictions": e.kv.evictions}
             for k, (e, b) in enumerate(zip(res.engines, res.busy_time))
         ],
         "workload": wl_info,

@@ -17,8 +17,10 @@ arrivals at the same instant as a step end are processed first. The same inputs 
 event order and so byte-identical results.
 
 Invariants (checked as it runs; violations raise :class:`SimulationError`): KV never over
-capacity and its books balance; each request ends exactly once; every emitted token is accounted
-for; finished requests emitted exactly their output length.
+capacity and its books balance (with prefix caching: free blocks cover the free-but-cached ones,
+and every ``check_every`` steps each cached block's refcount equals the block tables holding it,
+:meth:`~proserve.engine.kv.BlockManager.check`); each request ends exactly once; every emitted
+token is accounted for; finished requests emitted exactly their output length.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def simulate(
         if not dur > 0 or math.isinf(dur):
             raise SimulationError(f"instance {k}: invalid step duration {dur}")
         kv = eng.kv
-        if not 0 <= kv.free <= kv.total:
+        if not 0 <= kv.free <= kv.total:  # (free >= free-but-cached: kv.check, below)
             raise SimulationError(f"instance {k}: KV free={kv.free} outside [0, {kv.total}]")
         outs[k] = out
         busy_since[k] = t
@@ -390,6 +392,8 @@ def simulate(
             end(r)
             drained = False
         eng.check()
+        if eng.kv.used:  # every request has ended: no KV may still be held (cached is free)
+            raise SimulationError(f"instance {k}: {eng.kv.used} KV blocks held after the run")
 
     # End-of-run invariants.
     if len(ended) != n:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from proserve.core.classes import PriorityClass, SpecError, tpot_context
-from proserve.core.request import Request
+from proserve.core.request import Prefix, Request
 from proserve.latency.model import LatencyModel
 from proserve.workload.traces import Trace
 
@@ -114,7 +114,7 @@ def build_requests(
     trace: Trace, classes: Sequence[PriorityClass], model: LatencyModel,
     rng: np.random.Generator, id_offset: int = 0, *,
     tenant_classes: Mapping[str, str] | str | None = None, max_model_len: int | None = None,
-    stats: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None, shared_prefix_tokens: int = 0,
 ) -> list[Request]:
     """Build requests from a timestamped trace, sorted by arrival with ids ``id_offset + i``.
 
@@ -125,9 +125,22 @@ def build_requests(
     ``ttft = cls.ttft.resolve(unloaded_ttft(prompt))``,
     ``tpot = cls.tpot.resolve(unloaded_tpot(prompt + output // 2))`` (the mean context of the
     decode phase). ``stats``, if given, receives class counts and the number of length clamps.
+
+    Prefix identity (for prefix caching): a trace with ``prefix_ids`` (Mooncake's ``hash_ids``)
+    gives each request a :class:`Prefix` of its own ids. Otherwise ``shared_prefix_tokens = S``
+    gives every request of a tenant (its class, when the trace has no tenants) the same
+    S-token system prompt at the start of its prompt: the prompt's length is unchanged (a
+    system prompt is part of what the trace counts), its first ``min(S, prompt_len)`` tokens
+    are that tenant's system prompt and the rest is unique. All requests of a tenant share one
+    ``Prefix(("system:<tenant>",), S)`` object.
     """
     if not classes:
         raise ValueError("need at least one priority class")
+    if shared_prefix_tokens < 0:
+        raise ValueError(f"shared_prefix_tokens must be >= 0, got {shared_prefix_tokens}")
+    if shared_prefix_tokens and trace.prefix_ids is not None:
+        raise ValueError(f"trace {trace.name!r} carries its own prefix ids (hash_ids): "
+                         "a shared system prompt would contradict them")
     n = len(trace)
     by_name = {c.name: i for i, c in enumerate(classes)}
     u = rng.random(n)  # always drawn, so tenant pinning does not shift later random streams
@@ -162,9 +175,20 @@ def build_requests(
                                                 ~pinned_mask)
 
     tenants = trace.tenant
+    ids_col, id_block = trace.prefix_ids, trace.prefix_block
+    shared: dict[str, Prefix] = {}
     out: list[Request] = []
     for i in range(n):
         c = classes[int(cls_idx[i])]
+        tenant = str(tenants[i]) if tenants is not None else c.name
+        prefix: Prefix | None = None
+        if ids_col is not None:
+            ids = ids_col[i]
+            prefix = Prefix(ids, id_block) if ids else None
+        elif shared_prefix_tokens:
+            prefix = shared.get(tenant)
+            if prefix is None:
+                prefix = shared[tenant] = Prefix((f"system:{tenant}",), shared_prefix_tokens)
         out.append(Request(
             id=id_offset + i,
             arrival=float(trace.arrival[i]),
@@ -175,7 +199,8 @@ def build_requests(
             weight=c.weight,
             priority=c.rank,
             cls=c.name,
-            tenant=str(tenants[i]) if tenants is not None else c.name,
+            tenant=tenant,
+            prefix=prefix,
         ))
     if stats is not None:
         counts = np.bincount(cls_idx, minlength=len(classes))

@@ -16,6 +16,11 @@ Rules (so a user can predict what ``--trace X --rate R --duration D`` does):
   time-of-day shape is kept, the clock is not stretched). With only ``count``, the span is the
   shortest one expected to hold ``count`` requests.
 
+Prefix identity: Mooncake traces keep their ``hash_ids`` (each request gets a
+:class:`~proserve.core.request.Prefix`, used by prefix caching); ``shared_prefix_tokens = S`` gives
+a trace without ids a shared S-token system prompt per tenant (class, if the trace has no tenants),
+see :func:`~proserve.workload.assign.build_requests`.
+
 All randomness comes from ``numpy.random.default_rng(seed)``: equal arguments give identical
 workloads.
 """
@@ -117,6 +122,7 @@ def make_workload(
     model: LatencyModel, seed: int, arrival: str = "poisson", cv: float = 1.0,
     max_model_len: int | None = None, start: float = 0.0,
     tenant_classes: Mapping[str, str] | str | None = None, synthetic_arrivals: bool = False,
+    shared_prefix_tokens: int = 0,
 ) -> tuple[list[Request], dict[str, Any]]:
     """Build the workload the CLI asks for; returns the requests and a JSON-ready description.
 
@@ -126,6 +132,8 @@ def make_workload(
     ``client-N``) to classes: a mapping or a rule (``"volume"``, ``"top:F"``).
     ``synthetic_arrivals``: use only a timestamped trace's lengths, with Poisson/gamma arrivals
     at ``rate`` as for a length-only trace (PolyServe's setup: Mooncake lengths, Poisson).
+    ``shared_prefix_tokens``: every request of a tenant starts with the same system prompt of
+    that many tokens (prompt lengths unchanged; for traces without prefix ids).
     """
     _positive("rate", rate)
     _positive("duration", duration)
@@ -135,6 +143,8 @@ def make_workload(
         raise ValueError(f"start must be >= 0, got {start}")
     if arrival not in ("poisson", "gamma"):
         raise ValueError(f"arrival must be 'poisson' or 'gamma', got {arrival!r}")
+    if shared_prefix_tokens < 0:
+        raise ValueError(f"shared_prefix_tokens must be >= 0, got {shared_prefix_tokens}")
     if arrival == "poisson" and cv != 1.0:
         raise ValueError("cv applies to gamma arrivals; use arrival='gamma' (cv=1 is Poisson)")
     cls_list = (parse_classes(classes) if classes is None or isinstance(classes, str)
@@ -180,7 +190,9 @@ def make_workload(
             idx = (np.concatenate([rng.permutation(len(base)) for _ in range(reps)])[:arr.size]
                    if reps else np.empty(0, dtype=np.int64))
             tr = Trace(arr, base.prompt_len[idx], base.output_len[idx], None, name=name,
-                       meta=dict(base.meta))
+                       meta=dict(base.meta),
+                       prefix_ids=None if base.prefix_ids is None else base.prefix_ids[idx],
+                       prefix_block=base.prefix_block)
             arrivals = "poisson" if arrival == "poisson" else f"gamma (cv={cv:g})"
     if len(tr) == 0:
         raise ValueError(f"workload from {name!r} is empty: duration/count/start select no "
@@ -188,7 +200,8 @@ def make_workload(
 
     stats: dict[str, Any] = {}
     reqs = build_requests(tr, cls_list, model, rng, tenant_classes=tenant_classes,
-                          max_model_len=max_model_len, stats=stats)
+                          max_model_len=max_model_len, stats=stats,
+                          shared_prefix_tokens=shared_prefix_tokens)
 
     def num(x: float) -> float | None:
         return float(x) if math.isfinite(x) else None
@@ -217,6 +230,10 @@ def make_workload(
         "max_model_len_clamps": stats["max_model_len_clamps"],
         "mean_prompt_len": float(np.mean([r.prompt_len for r in reqs])),
         "mean_output_len": float(np.mean([r.output_len for r in reqs])),
+        # prefix identity for prefix caching: the trace's own ids, a shared system prompt, none
+        "prefixes": ("trace hash_ids" if tr.prefix_ids is not None else
+                     f"shared system prompt per tenant ({shared_prefix_tokens} tokens)"
+                     if shared_prefix_tokens else None),
         "loader": {k: v for k, v in tr.meta.items() if k != "source"},
     }
     if count is not None and len(reqs) < count:

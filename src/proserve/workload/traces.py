@@ -43,6 +43,14 @@ class TraceError(ValueError):
 
 
 # ====================================================================================== Trace
+def _object_column(values: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array holding ``values`` as they are (numpy would unpack equal tuples)."""
+    col = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        col[i] = v
+    return col
+
+
 @dataclass(eq=False)
 class Trace:
     """A request trace as columns: arrival times (s) and prompt / output lengths (tokens).
@@ -50,6 +58,10 @@ class Trace:
     Invariants, enforced on construction: equal lengths, ``arrival`` sorted ascending and rebased
     so the first request arrives at 0.0, lengths >= 1. A length-only trace (``has_timestamps``
     false) carries all-zero arrivals; the workload layer gives it synthetic arrivals.
+
+    ``prefix_ids`` (optional, an object column): per row, a tuple of prefix-chained ids of the
+    prompt's ``prefix_block``-token chunks (Mooncake's ``hash_ids``, 512 tokens each), or None;
+    the workload turns them into each request's :class:`~proserve.core.request.Prefix`.
     """
 
     arrival: np.ndarray
@@ -59,6 +71,8 @@ class Trace:
     name: str = "trace"
     has_timestamps: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix_ids: np.ndarray | None = None
+    prefix_block: int = 512
 
     def __post_init__(self) -> None:
         self.arrival = np.asarray(self.arrival, dtype=np.float64).reshape(-1)
@@ -75,6 +89,15 @@ class Trace:
             if self.tenant.size != n:
                 raise ValueError(f"trace {self.name!r}: tenant column has {self.tenant.size} "
                                  f"rows, expected {n}")
+        if self.prefix_ids is not None:
+            if not isinstance(self.prefix_ids, np.ndarray) or self.prefix_ids.dtype != object:
+                self.prefix_ids = _object_column(
+                    [None if x is None else tuple(x) for x in self.prefix_ids])
+            if self.prefix_ids.size != n:
+                raise ValueError(f"trace {self.name!r}: prefix_ids column has "
+                                 f"{self.prefix_ids.size} rows, expected {n}")
+            if self.prefix_block < 1:
+                raise ValueError(f"trace {self.name!r}: prefix_block must be >= 1")
         if n:
             if not np.all(np.isfinite(self.arrival)):
                 raise ValueError(f"trace {self.name!r}: arrival times must be finite")
@@ -115,12 +138,15 @@ class Trace:
             name=self.name,
             has_timestamps=self.has_timestamps,
             meta=dict(self.meta),
+            prefix_ids=None if self.prefix_ids is None else self.prefix_ids[index],
+            prefix_block=self.prefix_block,
         )
 
     def with_arrivals(self, arrival: np.ndarray) -> Trace:
         """The same requests with new (sorted) arrival times, e.g. synthetic ones."""
         return Trace(arrival, self.prompt_len, self.output_len, self.tenant, self.name,
-                     has_timestamps=True, meta=dict(self.meta))
+                     has_timestamps=True, meta=dict(self.meta), prefix_ids=self.prefix_ids,
+                     prefix_block=self.prefix_block)
 
 
 # ====================================================================================== CSV helpers
@@ -213,13 +239,16 @@ def _lengths(
 
 def _sorted_trace(
     t: np.ndarray, prompt: np.ndarray, output: np.ndarray, tenant: np.ndarray | None,
-    name: str, meta: dict[str, Any],
+    name: str, meta: dict[str, Any], prefix_ids: np.ndarray | None = None,
+    prefix_block: int = 512,
 ) -> Trace:
     order = np.argsort(t, kind="stable")
     if not np.all(order[1:] > order[:-1]):
         meta["resorted"] = True
     return Trace(t[order], prompt[order], output[order],
-                 None if tenant is None else tenant[order], name=name, meta=meta)
+                 None if tenant is None else tenant[order], name=name, meta=meta,
+                 prefix_ids=None if prefix_ids is None else prefix_ids[order],
+                 prefix_block=prefix_block)
 
 
 # ====================================================================================== loaders
@@ -261,15 +290,24 @@ def load_azure(path: str | Path, name: str | None = None) -> Trace:
     return _sorted_trace(t, prompt, output, None, name or path.stem, meta)
 
 
-def load_mooncake(path: str | Path, name: str | None = None) -> Trace:
-    """Load a Mooncake JSONL trace: ``timestamp`` (ms), ``input_length``, ``output_length``.
+MOONCAKE_HASH_BLOCK = 512  # tokens per Mooncake hash id (the Mooncake trace's block size)
 
-    ``hash_ids`` (prefix-cache block ids) are ignored: the simulator does not model prefix reuse.
+
+def load_mooncake(path: str | Path, name: str | None = None) -> Trace:
+    """Load a Mooncake JSONL trace: ``timestamp`` (ms), ``input_length``, ``output_length``,
+    optional ``hash_ids``.
+
+    ``hash_ids`` are kept as the trace's ``prefix_ids`` (block of
+    :data:`MOONCAKE_HASH_BLOCK` = 512 tokens): Mooncake's ids are prefix-chained (an id stands
+    for its 512-token chunk and everything before it), so equal ids at the same position mean
+    equal prompt prefixes; :class:`~proserve.core.request.Prefix` maps them to engine blocks. A
+    record without ``hash_ids`` gets no prefix identity (None).
     """
     path = Path(path)
     t: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
+    hashes: list[tuple[int, ...] | None] = []
     try:
         f = path.open(encoding="utf-8-sig")
     except OSError as e:
@@ -301,14 +339,25 @@ def load_mooncake(path: str | Path, name: str | None = None) -> Trace:
                 if v < 1:
                     raise _err(path, ln, f"field {key!r}: {'negative' if v < 0 else 'zero'} "
                                f"token count {rec[key]!r}")
+            h = rec.get("hash_ids")
+            if h is not None:
+                if not isinstance(h, list) or not all(
+                        isinstance(x, int) and not isinstance(x, bool) for x in h):
+                    raise _err(path, ln, "field 'hash_ids': expected a list of integers")
+                h = tuple(h) if h else None
             t.append(ts / 1000.0)
             prompt.append(int(inp))
             output.append(int(out))
+            hashes.append(h)
     if not t:
         raise _err(path, max(last, 1), "empty file (no JSON records)")
     meta = {"source": str(path), "format": "mooncake"}
+    ids: np.ndarray | None = None
+    if any(h is not None for h in hashes):
+        ids = _object_column(hashes)
     return _sorted_trace(np.asarray(t), np.asarray(prompt, dtype=np.int64),
-                         np.asarray(output, dtype=np.int64), None, name or path.stem, meta)
+                         np.asarray(output, dtype=np.int64), None, name or path.stem, meta,
+                         prefix_ids=ids, prefix_block=MOONCAKE_HASH_BLOCK)
 
 
 def load_burstgpt(
