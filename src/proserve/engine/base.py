@@ -73,6 +73,9 @@ class SchedulerOutput:
     reqs: list[Request] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    # filled by update_from_output: disaggregated prefills done here, to be moved to their decode
+    # instance (not finished, so not in its return value)
+    handed_off: list[Request] = field(default_factory=list)
     duration: float = 0.0
     prefill_tokens: int = 0
     decodes: int = 0
@@ -151,6 +154,7 @@ class BaseScheduler:
         self.check_invariants = check_invariants
         self.num_preemptions = 0
         self.num_finished = 0
+        self.num_handed_off = 0  # disaggregated prefills passed on to a decode instance
         self.tokens_emitted = 0  # for the simulator's token-conservation check
         self.num_received = 0  # add_request calls: lets a router tell what a view includes
         self.orders_by_value = False  # policies that serve heavier work first set it
@@ -208,10 +212,10 @@ class BaseScheduler:
                 kv.commit(r)  # full prompt blocks computed this step become cached
             if r.computed == r.prompt_len + r.generated:
                 if r.prefill_only and r.generated == 0 and r.output_len > 1:
-                    # disaggregated prefill: the first token reaches the user from the decode
-                    # instance once the KV has moved there, so it is emitted by the caller then
-                    self._finish(r, now)
-                    finished.append(r)
+                    # disaggregated prefill: the request leaves this instance (its KV moves to
+                    # the decode instance, which emits the first token), but it is not finished
+                    self._hand_off(r)
+                    out.handed_off.append(r)
                     continue
                 r.emit_token(now)
                 self.tokens_emitted += 1
@@ -258,6 +262,15 @@ class BaseScheduler:
                 raise AssertionError(f"request {r.id}: KV blocks do not cover computed tokens")
 
     # ------------------------------------------------------------------ shared mechanics
+    def _hand_off(self, r: Request) -> None:
+        """A prefill-only request is done here: free its KV and drop it from the queues; its
+        status stays WAITING (it waits for its KV transfer, then for its decode instance)."""
+        self.kv.release(r)
+        r.status = Status.WAITING
+        r.prefill_only = False
+        self.num_handed_off += 1
+        self._on_finished(r)
+
     def _finish(self, r: Request, now: float) -> None:
         r.status = Status.FINISHED
         r.finish_time = now

@@ -309,15 +309,11 @@ def simulate(
             finished_before = eng.num_finished
             busy_time[k] += now - busy_since[k]
             for r in eng.update_from_output(out, now):
-                if r.prefill_only and r.generated == 0 and r.output_len > 1:
-                    r.prefill_only = False
-                    r.status = Status.WAITING
-                    r.finish_time = -1.0
-                    in_transfer[r.id] = r
-                    seq += 1
-                    heapq.heappush(heap, (now + kv_transfer_s(r), seq, -1, r))  # type: ignore[misc]
-                else:
-                    end(r)
+                end(r)
+            for r in out.handed_off:  # disaggregated: the prompt's KV travels to decode
+                in_transfer[r.id] = r
+                seq += 1
+                heapq.heappush(heap, (now + kv_transfer_s(r), seq, -1, r))  # type: ignore[misc]
             steps += 1
             if waiting and eng.num_finished != finished_before:
                 retry_waiting(now)
