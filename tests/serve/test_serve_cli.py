@@ -16,18 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.serve.helpers import free_port, wait_http
 from typer.testing import CliRunner
 
 from proserve.cli import app
 
 CLASSES = "gold:w=4,ttft=30s,tpot=1s;bulk:w=1,ttft=60s,tpot=2s"  # gateway's and engines'
 CLI = [sys.executable, "-m", "proserve.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
 
 
 def invoke(*args: str):
@@ -43,21 +38,6 @@ def gateway_doc(backends: list[str], port: int) -> dict:
         "health": {"interval_s": 0.2, "timeout_s": 5.0, "failures_to_eject": 3},
         "scrape_interval_s": 0.2, "shutdown_grace_s": 5,
     }
-
-
-def wait_http(url: str, proc: subprocess.Popen, tries: int = 1200) -> None:
-    """Poll ``url`` until it answers 200 (bounded by a number of tries, not a timed assert)."""
-    for _ in range(tries):
-        assert proc.poll() is None, (proc.args, proc.returncode, proc.stderr and
-                                     proc.stderr.read())
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} never came up")
 
 
 def metrics(url: str) -> str:
