@@ -23,8 +23,8 @@ from proserve.workload.assign import (
 )
 from proserve.workload.builtin import BUILTINS, Builtin, builtin_path, data_dir, list_builtins
 from proserve.workload.make import make_workload
+from proserve.workload.servegen import ServeGenData, load_servegen
 from proserve.workload.traces import (
-    ServeGenData,
     Trace,
     TraceError,
     load_azure,
@@ -32,7 +32,6 @@ from proserve.workload.traces import (
     load_file,
     load_lengths,
     load_mooncake,
-    load_servegen,
     load_trace,
     sniff_format,
 )

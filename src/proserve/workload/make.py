@@ -40,7 +40,8 @@ from proserve.latency.model import LatencyModel
 from proserve.workload.arrivals import gamma_arrivals, poisson_arrivals, rescale, truncate, window
 from proserve.workload.assign import build_requests
 from proserve.workload.builtin import BUILTINS, builtin_path
-from proserve.workload.traces import ServeGenData, Trace, TraceError, load_file, sniff_format
+from proserve.workload.servegen import ServeGenData
+from proserve.workload.traces import Trace, TraceError, load_file, sniff_format
 
 
 def _resolve(trace: str | Path) -> tuple[Path, str, str]:
