@@ -52,6 +52,7 @@ from .openai import (
     models_response,
     openai_app,
     parse_body,
+    prompt_prefix,
     prompt_tokens,
 )
 
@@ -114,6 +115,12 @@ class EmulatedEngine:
                                 registry=reg).labels(name)
         self.m_gen = Counter("vllm:generation_tokens", "Generated tokens", lab,
                              registry=reg).labels(name)
+        # vLLM's prefix-cache counters (tokens): prompt tokens looked up and found cached, counted
+        # when a request's first step is scheduled (here: when its first token is out)
+        self.m_pc_queries = Counter("vllm:prefix_cache_queries", "Prefix cache queries (tokens)",
+                                    lab, registry=reg).labels(name)
+        self.m_pc_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits (tokens)", lab,
+                                 registry=reg).labels(name)
 
     # ------------------------------------------------------------------ helpers
     def _count(self, status: Status) -> int:
@@ -133,7 +140,8 @@ class EmulatedEngine:
             return error(400, f"{param}: {why}", param=param)
         return Request(id=self.loop.next_id(), arrival=0.0, prompt_len=p, output_len=n_out,
                        ttft_slo=f.ttft_slo, tpot_slo=f.tpot_slo, weight=f.weight,
-                       priority=f.cls.rank, cls=f.label)
+                       priority=f.cls.rank, cls=f.label,
+                       prefix=prompt_prefix(body, m.block_size))
 
     # ------------------------------------------------------------------ handlers
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -187,6 +195,8 @@ class EmulatedEngine:
     def _observe(self, req: Request, ev: TokenEvent, prev: float) -> float:
         if ev.index == 1:
             self.m_ttft.observe(ev.t - req.arrival)
+            self.m_pc_queries.inc(req.prompt_len)
+            self.m_pc_hits.inc(req.cached_tokens)
         else:
             self.m_itl.observe(ev.t - prev)
         self.m_gen.inc()

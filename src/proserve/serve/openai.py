@@ -83,6 +83,50 @@ def prompt_tokens(req: CompletionRequest | ChatRequest) -> int:
     return max(1, total)
 
 
+# Prefix identity of a prompt the server cannot tokenize: text is cut into chunks of this many
+# characters (~16 tokens at the 4 characters per token ``prompt_tokens`` assumes).
+TEXT_CHUNK_CHARS = 64
+
+
+def prompt_prefix(req: CompletionRequest | ChatRequest, block: int = 16):
+    """The prompt's prefix identity (:class:`~proserve.core.request.Prefix`) for prefix caching,
+    or None. Token-id prompts: hash-chained ids of ``block``-token chunks, exact, as vLLM hashes
+    its blocks. Text (completion text or chat messages joined by role): hash-chained ids of
+    :data:`TEXT_CHUNK_CHARS`-character chunks, one per ~``block`` estimated tokens (documented:
+    an approximation, since there is no tokenizer here). Hashes are blake2b, stable across
+    processes (Python's ``hash`` of text is salted per process)."""
+    import hashlib
+
+    from ..core.request import Prefix
+
+    if isinstance(req, CompletionRequest):
+        p = req.prompt
+        if isinstance(p, list) and p and isinstance(p[0], int):
+            chunks = [",".join(map(str, p[i:i + block])).encode()
+                      for i in range(0, len(p) - len(p) % block, block)]
+            size = block
+        else:
+            text = p if isinstance(p, str) else (p[0] if p else "")
+            chunks, size = _text_chunks(text), block
+    else:
+        text = "".join(f"<{m.role}>" + (m.content if isinstance(m.content, str) else "".join(
+            str(part.get("text", "")) for part in (m.content or []) if isinstance(part, dict)))
+            for m in req.messages)
+        chunks, size = _text_chunks(text), block
+    if not chunks:
+        return None
+    ids, h = [], b""
+    for c in chunks:
+        h = hashlib.blake2b(h + c, digest_size=8).digest()
+        ids.append(h)
+    return Prefix(tuple(ids), size)
+
+
+def _text_chunks(text: str) -> list[bytes]:
+    n = len(text) - len(text) % TEXT_CHUNK_CHARS
+    return [text[i:i + TEXT_CHUNK_CHARS].encode() for i in range(0, n, TEXT_CHUNK_CHARS)]
+
+
 class IncompleteStream(Exception):
     """An SSE stream that closed without its final ``data: [DONE]``."""
 
