@@ -87,8 +87,8 @@ def test_models_health_and_vllm_metrics() -> None:
             # speed (sent one by one, each could finish before the next arrives)
             await eng.loop.stop()
             sends = [asyncio.ensure_future(c.post("/v1/completions", json={
-                "model": MODEL, "prompt": list(range(300)), "max_tokens": 40}))
-                for _ in range(6)]
+                "model": MODEL, "prompt": [1000 + i] + list(range(299)), "max_tokens": 40}))
+                for i in range(6)]  # distinct first tokens: no shared prefix blocks
             await until(lambda: len(list(eng.scheduler.requests())) == 6, "all six queued")
             text = await (await c.get("/metrics")).text()
             assert f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 6.0' in text
