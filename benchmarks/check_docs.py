@@ -158,11 +158,12 @@ def load(path: Path) -> Any:
     raise ValueError(f"no loader for {path}")
 
 
-def parse_text_table(text: str) -> dict[str, list[str]]:
+def parse_text_table(text: str) -> dict[str, Any]:
     """The plain-text table a benchmark printed (columns 2+ spaces apart, a dashed rule under
-    the header): first cell -> the row's cells; '__header__' -> the header."""
+    the header): first cell -> the row's cells; '__header__' -> the header; '__rows__' -> every
+    body row in order (first cells may repeat)."""
     lines = text.splitlines()
-    out: dict[str, list[str]] = {}
+    out: dict[str, Any] = {"__rows__": []}
     for i, ln in enumerate(lines):
         if i and re.match(r"^-+(\s+-+)+\s*$", ln):
             out["__header__"] = re.split(r"\s{2,}", lines[i - 1].strip())
@@ -171,6 +172,7 @@ def parse_text_table(text: str) -> dict[str, list[str]]:
                     break
                 c = re.split(r"\s{2,}", row.strip())
                 out[c[0]] = c
+                out["__rows__"].append(c)
             break
     return out
 
@@ -438,15 +440,22 @@ def summary(ctx: Ctx, row: list[str]) -> Expected:
 
 @rule("text")
 def text(ctx: Ctx, row: list[str]) -> Expected:
-    """The plain-text table a benchmark printed (.txt), copied: the body row with the same
-    first cell, each doc cell showing the numbers of the raw cell in the same column."""
-    raw = ctx.files[0].get(plain(row[0]))
-    if raw is None:
-        raise KeyError(f"no raw row {plain(row[0])!r}")
-    out: Expected = {0: None}
-    for c in range(1, len(row)):
+    """The plain-text table a benchmark printed (.txt), copied: the body row whose leading cells
+    equal the doc row's (as few as make the match unique: those are labels), each other doc
+    cell showing the numbers of the raw cell in the same column."""
+    rows = ctx.files[0]["__rows__"]
+    doc = [plain(c) for c in row]
+    for k in range(1, len(doc) + 1):
+        hits = [r for r in rows if r[:k] == doc[:k]]
+        if len(hits) <= 1:
+            break
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} raw rows match {doc[:k]!r}")
+    raw = hits[0]
+    out: Expected = {c: None for c in range(k)}
+    for c in range(k, len(row)):
         if c >= len(raw):
-            raise KeyError(f"raw row {plain(row[0])!r} has no column {c}")
+            raise KeyError(f"raw row {doc[:k]!r} has no column {c}")
         out[c] = [v for v, _, _ in numbers(raw[c])]
     return out
 

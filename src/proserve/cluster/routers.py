@@ -1,5 +1,5 @@
-"""Baseline routers: round-robin, random, min-load (the paper's MinLoad), power-of-two, and the
-static priority partition.
+"""Baseline routers: round-robin, random, min-load (the paper's MinLoad), power-of-two, the
+static priority partition and llm-d-style prefix affinity.
 
 Load, wherever a baseline needs one, is the predicted time to drain the instance's prefill queue
 while its decodes keep running (:meth:`EffectiveLoad.drain`), plus one decode iteration, so an
@@ -142,6 +142,51 @@ class StaticPartition(MinLoad):
         self._n_hint = n
 
 
+class PrefixAffinity(BaseRouter):
+    """llm-d's default endpoint picking: a weighted sum of a prefix-cache score and a load score,
+    highest wins.
+
+    * prefix score: the fraction of r's prompt cached on the instance
+      (:meth:`InstanceView.cached_tokens` / prompt length; llm-d's prefix-cache scorer scores the
+      fraction of the prompt's blocks it believes the pod holds). 0 everywhere when views cannot
+      tell, leaving pure load balancing.
+    * load score: ``(max - x) / (max - min)`` of the predicted outstanding work ``x``
+      (:func:`outstanding`) over the candidates, 1 when all are equal: llm-d's queue scorer's
+      min-max normalisation, applied to our outstanding-work estimate instead of a queue length.
+
+    Weights ``prefix_weight = 3``, ``load_weight = 2``: the llm-d default profile as Red Hat
+    OpenShift AI documents it ("queue depth ... weight 2, prefix cache ... weight 3", section 6 of
+    "Deploy models using distributed inference with llm-d"), which favours KV reuse over even
+    load. Ties go to more free KV, then the lower index. Decode instances (disaggregated mode) are
+    picked as min-load does.
+    """
+
+    def __init__(self, *, prefix_weight: float = 3.0, load_weight: float = 2.0, **kw) -> None:
+        super().__init__(**kw)
+        if prefix_weight < 0 or load_weight < 0 or prefix_weight + load_weight <= 0:
+            raise ValueError("prefix_weight and load_weight must be >= 0, not both 0")
+        self.prefix_weight = prefix_weight
+        self.load_weight = load_weight
+        self.last_scores: dict[int, float] = {}  # introspection for tests
+
+    def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
+        s = self.slice_s
+        work = [outstanding(x, s) for x in loads]
+        lo, hi = min(work), max(work)
+        span = hi - lo
+        p = max(req.prompt_len, 1)
+        scored = []
+        for x, w in zip(loads, work):
+            overlap = x.view.cached_tokens(req) / p if req.prefix is not None else 0.0
+            load = (hi - w) / span if span > 0 else 1.0
+            scored.append((self.prefix_weight * overlap + self.load_weight * load, x))
+        self.last_scores = {x.index: sc for sc, x in scored}
+        return max(scored, key=lambda e: (e[0], e[1].free_blocks, -e[1].index))[1]
+
+    def pick_decode(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
+        return min(loads, key=lambda x: (x.decode_step(), -x.free_blocks, x.index))
+
+
 register_router("round-robin", RoundRobin, "Each instance in turn")
 register_router("random", RandomRouter, "Uniformly random instance (seeded)")
 register_router("min-load", MinLoad,
@@ -155,3 +200,6 @@ register_router("co-chunk", MinLoad,
                 "PolyServe's CO-Chunk baseline: every tier mixed on every instance, least "
                 "outstanding work; pairs with a fixed-token-budget engine (sarathi-fcfs, the "
                 "default policy under this router)")
+register_router("prefix-affinity", PrefixAffinity,
+                "llm-d's default scorers: 3 x prefix-cache overlap + 2 x min-max load score "
+                "(outstanding work), highest wins")

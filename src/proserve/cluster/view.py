@@ -9,9 +9,11 @@ dispatched since the view was taken (:class:`proserve.cluster.base.BaseRouter`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.request import Request
 from ..engine.base import EngineLoad, PrefillItem
 from ..latency.model import LatencyModel
 
@@ -35,6 +37,17 @@ class InstanceView:
     # Per-view memo for routers (a view is an immutable snapshot, reused across the decisions
     # made before the next refresh): e.g. GoRouting's (work, deadline, weight) rows of the queue.
     memo: Any = None
+    # How many leading prompt tokens of a request this instance has cached: a side-effect-free
+    # lookup into the instance's prefix cache (the simulator binds the engine's
+    # ``BlockManager.match_prefix``; it reads the cache as it is at the decision, not as it was at
+    # ``taken_at``: the simulator's routers see prefixes exactly). None: the source cannot tell
+    # (the gateway today), and :meth:`cached_tokens` answers 0.
+    prefix_lookup: Callable[[Request], int] | None = None
+
+    def cached_tokens(self, req: Request) -> int:
+        """Leading prompt tokens of ``req`` cached on this instance now (0 if unknown)."""
+        f = self.prefix_lookup
+        return f(req) if f is not None and req.prefix is not None else 0
 
 
 @dataclass(slots=True)
@@ -90,7 +103,7 @@ def drain_time(prefill: list[PrefillItem], m: LatencyModel, decode_step: float,
 
 
 def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = None,
-                   slice_s: float = DEFAULT_PREFILL_SLICE_S) -> float:
+                   slice_s: float = DEFAULT_PREFILL_SLICE_S, cached: int = 0) -> float:
     """Seconds from now until a new request's first token on this instance: the queued prefill
     work ahead of it, then its own prefill, each paying the iterations it needs. The one formula
     GoRouting's light/heavy test and the admission decision (gateway and simulator) share.
@@ -101,18 +114,40 @@ def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = N
     overtaken and does not delay the request; otherwise (FCFS, EDF) all queued work counts.
     Work of unknown priority (items without an SLO: the gateway's padding for queued requests a
     backend reports but the gateway did not send) always counts.
+
+    ``cached``: leading prompt tokens already cached there (:meth:`InstanceView.cached_tokens`);
+    the request's own prefill then costs only the uncached rest, on the cached context.
     """
     m = view.model
     ld = view.load
     step = decode_step(m, ld.decodes, ld.decode_context)
     ahead = ld.prefill if weight is None or not ld.orders_by_value else [
         it for it in ld.prefill if it[2] >= weight or math.isinf(it[4])]
-    return drain_time(ahead, m, step, slice_s) + work_time(m.prefill_time(prompt_len), step,
-                                                            slice_s)
+    return drain_time(ahead, m, step, slice_s) + work_time(
+        m.prefill_time(prompt_len - cached, cached), step, slice_s)
 
 
 def view_of(engine, index: int, now: float, role: str = "colocated",
             healthy: bool = True) -> InstanceView:
-    """Snapshot an engine scheduler (anything with ``load()``, ``name`` and ``model``)."""
+    """Snapshot an engine scheduler (anything with ``load()``, ``name`` and ``model``; with a
+    ``kv`` :class:`~proserve.engine.kv.BlockManager` that caches prefixes, the view can also tell
+    how much of a request's prompt is cached there)."""
     return InstanceView(index=index, policy=engine.name, model=engine.model, taken_at=now,
-                        load=engine.load(), role=role, healthy=healthy)
+                        load=engine.load(), role=role, healthy=healthy,
+                        prefix_lookup=prefix_lookup_of(engine))
+
+
+def prefix_lookup_of(engine) -> Callable[[Request], int] | None:
+    """The cached-prefix lookup for an engine: tokens of ``req``'s leading blocks its
+    BlockManager holds now (``match_prefix``, which changes nothing); None if it caches no
+    prefixes. A closure over the live cache: no copy of it per view."""
+    kv = getattr(engine, "kv", None)
+    if kv is None or not getattr(kv, "caching", False):
+        return None
+    bs = kv.block_size
+    match = kv.match_prefix
+
+    def lookup(req: Request) -> int:
+        return match(req)[0] * bs
+
+    return lookup
