@@ -14,7 +14,7 @@ from proserve.cluster import go
 from proserve.cluster.base import make_router
 from proserve.cluster.view import InstanceView
 from proserve.core.request import Request
-from proserve.engine.base import EngineLoad
+from proserve.engine.base import EngineLoad, PrefillItem
 from proserve.latency.model import LatencyModel
 
 M = LatencyModel(c0=0.005, c1=0.0, c2=1e-3, c3=0.0, c4=0.0, d1=1e-3, d2=0.0, kv_blocks=1000,
@@ -31,7 +31,8 @@ def router(**kw) -> go.GoRouter:
 
 def V(i: int, *, decodes: int = 0, queue: tuple = (), free: int = 1000,
       min_tpot: float = float("inf"), role: str = "colocated") -> InstanceView:
-    load = EngineLoad(prefill=list(queue), decodes=decodes, decode_context=decodes * 100,
+    items = [PrefillItem(*q) for q in queue]
+    load = EngineLoad(prefill=items, decodes=decodes, decode_context=decodes * 100,
                       free_blocks=free, total_blocks=1000, received=0, min_decode_tpot=min_tpot)
     return InstanceView(i, "slide", M, 0.0, load, role=role)
 

@@ -25,7 +25,7 @@ from proserve.cluster.polyserve import (
 )
 from proserve.cluster.view import EffectiveLoad, InstanceView
 from proserve.core.request import Request
-from proserve.engine.base import EngineLoad
+from proserve.engine.base import EngineLoad, PrefillItem
 from proserve.latency.model import LatencyModel
 
 # tightest first: a (20 ms TPOT, iteration budget 18 ms at margin 0.9), b (100 ms, 90 ms)
@@ -50,7 +50,8 @@ def view(i: int, m: LatencyModel, *, decodes=(), gens=None, queue=(), healthy=Tr
     ctx = [int(c) for c in decodes]
     gen = [int(g) for g in (gens if gens is not None else [0] * len(ctx))]
     used = sum(m.blocks_for(c) for c in ctx) + sum(m.blocks_for(q[0] + q[1]) for q in queue)
-    load = EngineLoad(prefill=list(queue), decodes=len(ctx), decode_context=sum(ctx),
+    items = [PrefillItem(*q) for q in queue]
+    load = EngineLoad(prefill=items, decodes=len(ctx), decode_context=sum(ctx),
                       free_blocks=max(m.kv_blocks - used, 0), total_blocks=m.kv_blocks,
                       received=received, decode_ctx=ctx, decode_gen=gen)
     return InstanceView(i, "dynamic-chunk", m, taken_at, load, healthy=healthy)

@@ -14,7 +14,7 @@ from proserve.cluster.base import make_router
 from proserve.cluster.view import InstanceView, view_of
 from proserve.core.request import Prefix, Request
 from proserve.engine import make_scheduler
-from proserve.engine.base import EngineLoad
+from proserve.engine.base import EngineLoad, PrefillItem
 from proserve.latency.model import LatencyModel
 
 M = LatencyModel(c0=0.005, c1=0.0, c2=1e-3, c3=0.0, c4=0.0, d1=1e-3, d2=0.0, kv_blocks=1000,
@@ -23,7 +23,8 @@ SYS = Prefix(tuple(f"s{k}" for k in range(64)), 16)  # a 1024-token identified p
 
 
 def V(i: int, *, cached: int = 0, queue: tuple = (), decodes: int = 0) -> InstanceView:
-    load = EngineLoad(prefill=list(queue), decodes=decodes, decode_context=decodes * 100,
+    items = [PrefillItem(*q) for q in queue]
+    load = EngineLoad(prefill=items, decodes=decodes, decode_context=decodes * 100,
                       free_blocks=1000, total_blocks=1000, received=0)
     return InstanceView(i, "slide", M, 0.0, load,
                         prefix_lookup=(lambda r, c=cached: min(c, r.prompt_len - 1)))

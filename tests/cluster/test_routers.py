@@ -11,7 +11,7 @@ from proserve.cluster.base import NoHealthyInstance, make_router, router_names
 from proserve.cluster.view import InstanceView, view_of
 from proserve.core.request import Request, Status
 from proserve.engine import make_scheduler
-from proserve.engine.base import EngineLoad
+from proserve.engine.base import EngineLoad, PrefillItem
 from proserve.latency.model import LatencyModel
 from proserve.sim.run import SimConfig, run
 from proserve.sim.simulator import simulate
@@ -34,7 +34,8 @@ def R(i, arrival=0.0, prompt=100, out=2, w=1.0, ttft=1.0, tpot=0.1, cls="low"):
 
 def view(i: int, model: LatencyModel, *, healthy=True, queue=(), decodes=0, free=1000,
          received=-1, taken_at=0.0) -> InstanceView:
-    load = EngineLoad(prefill=list(queue), decodes=decodes, decode_context=decodes * 500,
+    items = [PrefillItem(*q) for q in queue]
+    load = EngineLoad(prefill=items, decodes=decodes, decode_context=decodes * 500,
                       free_blocks=free, total_blocks=1000, received=received)
     return InstanceView(i, "slide", model, taken_at, load, healthy=healthy)
 

@@ -155,6 +155,7 @@ def test_admission_cli_config_errors() -> None:
 
 def test_predicted_ttft_counts_only_work_a_priority_engine_serves_first() -> None:
     from proserve.cluster.view import predicted_ttft, view_of, work_time
+    from proserve.engine.base import PrefillItem
 
     m = toy_model()
     eng = make_scheduler("slide-bounded", m)
@@ -166,7 +167,7 @@ def test_predicted_ttft_counts_only_work_a_priority_engine_serves_first() -> Non
     assert predicted_ttft(v, 100, weight=1.0) == pytest.approx(both)  # same weight: behind it
     assert predicted_ttft(v, 100, weight=2.0) == pytest.approx(own)  # heavier: overtakes it
     # work of unknown priority (no SLO: a gateway's padding) always counts
-    v.load.prefill.append((2000, 0, 1.0, 0.0, math.inf, math.inf, 0))
+    v.load.prefill.append(PrefillItem(2000, 0, 1.0, 0.0, math.inf, math.inf, 0))
     assert predicted_ttft(v, 100, weight=2.0) == pytest.approx(both)
 
 

@@ -85,9 +85,11 @@ class BaseRouter:
         q = self._pending.setdefault(index, deque(maxlen=_MAX_PENDING))
         m = view.model
         if decode:  # arrives as a decode-stage request holding its prompt's KV
-            item = (1, req.prompt_len, req.weight, req.arrival, req.ttft_slo, req.tpot_slo, 1)
+            item = PrefillItem(1, req.prompt_len, req.weight, req.arrival, req.ttft_slo,
+                               req.tpot_slo, 1)
         else:
-            item = (req.prompt_len, 0, req.weight, req.arrival, req.ttft_slo, req.tpot_slo, 0)
+            item = PrefillItem(req.prompt_len, 0, req.weight, req.arrival, req.ttft_slo,
+                               req.tpot_slo, 0)
         q.append((n, req.arrival, item, m.blocks_for(req.prompt_len + 1)))
 
     # ------------------------------------------------------------------ internals
@@ -119,9 +121,9 @@ class BaseRouter:
             if q:
                 prefill = list(prefill)
                 for _, _, item, blocks in q:
-                    if item[6] > 0 and item[0] == 1:  # a decode-stage arrival
+                    if item.generated > 0 and item.pending == 1:  # a decode-stage arrival
                         decodes += 1
-                        ctx += item[1] + 1
+                        ctx += item.computed + 1
                     else:
                         prefill.append(item)
                     free -= blocks

@@ -132,7 +132,7 @@ class GoRouter(BaseRouter):
     def incremental_gain(self, req: Request, load: EffectiveLoad, now: float) -> float:
         """Gain of the instance's prefill queue with ``req`` minus without it."""
         m = load.model
-        rows = [(prefill_work(it, m), it[3] + it[4] + it[6] * it[5], it[2]) for it in load.prefill]
+        rows = [(prefill_work(it, m), it.deadline, it.weight) for it in load.prefill]
         c = load.view.cached_tokens(req) if self.prefix_aware else 0
         r_work = m.prefill_time(req.prompt_len - c, c)
         return queue_gain_delta(rows, sum(r[0] for r in rows), r_work,
@@ -157,7 +157,7 @@ class GoRouter(BaseRouter):
             m = v.model
             memo = v.memo
             if memo is None or memo[0] is not m:
-                rows0 = [(prefill_work(it, m), it[3] + it[4] + it[6] * it[5], it[2])
+                rows0 = [(prefill_work(it, m), it.deadline, it.weight)
                          for it in v.load.prefill]
                 memo = v.memo = (m, rows0, sum(r[0] for r in rows0))
             rows, total = memo[1], memo[2]
@@ -168,12 +168,12 @@ class GoRouter(BaseRouter):
                 if pend:
                     rows = list(rows)
                     for _, _, item, blocks in pend:
-                        if item[6] > 0 and item[0] == 1:
+                        if item.generated > 0 and item.pending == 1:
                             decodes += 1
-                            ctx += item[1] + 1
+                            ctx += item.computed + 1
                         else:
                             w = prefill_work(item, m)
-                            rows.append((w, item[3] + item[4] + item[6] * item[5], item[2]))
+                            rows.append((w, item.deadline, item.weight))
                             total += w
                         free -= blocks
             step = decode_step(m, decodes, ctx)

@@ -185,8 +185,8 @@ def admits(load: EffectiveLoad, req: Request, tpot: float, mean_output: float, n
         ctx, gen = np.full(load.decodes, mean), np.zeros(load.decodes)
     q = load.prefill
     if q:
-        ctx = np.concatenate((ctx, [it[0] + it[1] for it in q]))
-        gen = np.concatenate((gen, [it[6] for it in q]))
+        ctx = np.concatenate((ctx, [it.pending + it.computed for it in q]))
+        gen = np.concatenate((gen, [it.generated for it in q]))
     if ctx.size == 0:
         return True  # an idle instance: tier assignment made r's SLO attainable on one
     batch = ctx.size + 1
@@ -201,9 +201,9 @@ def admits(load: EffectiveLoad, req: Request, tpot: float, mean_output: float, n
         # the queued prefills the engine runs first: dynamic-chunk's wait-time-aware order
         # (least TTFT slack first), so a short urgent prompt is not charged for long ones
         mine = req.arrival + req.ttft_slo - m.prefill_time(req.prompt_len)
-        keyed = sorted(((it[3] + it[4] - m.prefill_time(it[0], it[1]), i)
+        keyed = sorted(((it.arrival + it.ttft_slo - m.prefill_time(it.pending, it.computed), i)
                         for i, it in enumerate(q)))
-        ahead = [(q[i][0], q[i][1]) for k, i in keyed if k <= mine]
+        ahead = [(q[i].pending, q[i].computed) for k, i in keyed if k <= mine]
         bud = budget if chunked else math.inf
         ttft_s = chunked_prefill_s(m, step, ahead + [(req.prompt_len, 0)], bud, min_chunk,
                                    slack)
@@ -222,13 +222,13 @@ def _hurts(m, step: float, ahead: list[tuple[int, int]], req: Request, behind: l
            budget: float, min_chunk: int, now: float) -> bool:
     """Would ``req`` (slotted after ``ahead``) make one of the queued prefills ``behind`` it,
     which was going to make its first-token deadline, miss it?"""
-    rest = [(it[0], it[1]) for it in behind]
+    rest = [(it.pending, it.computed) for it in behind]
     without = prefill_finish_times(m, step, ahead + rest, budget, min_chunk, math.inf)
     with_r = prefill_finish_times(m, step, ahead + [(req.prompt_len, 0)] + rest, budget,
                                   min_chunk, math.inf)
     n = len(ahead)
     for j, it in enumerate(behind):
-        left = it[3] + it[4] - now  # time to its deadline
+        left = it.arrival + it.ttft_slo - now  # time to its first-token deadline
         if n + j < len(without) and without[n + j] <= left and (
                 n + 1 + j >= len(with_r) or with_r[n + 1 + j] > left):
             return True
@@ -239,7 +239,8 @@ def load_after(load: EffectiveLoad, req: Request) -> float:
     """Predicted decode iteration time once ``req`` and the queued prefills are residents: the
     load PolyServe's gradient and the ``minimal`` baseline sort by."""
     q = load.prefill
-    return load.decode_step(len(q) + 1, sum(it[0] + it[1] for it in q) + req.prompt_len + 1)
+    return load.decode_step(len(q) + 1,
+                            sum(it.pending + it.computed for it in q) + req.prompt_len + 1)
 
 
 # ---------------------------------------------------------------------- the router

@@ -82,7 +82,7 @@ class EffectiveLoad:
 
 def prefill_work(item: PrefillItem, m: LatencyModel) -> float:
     """Prefill time of a queued item's pending tokens on its computed context (no c0)."""
-    return m.prefill_time(item[0], item[1])
+    return m.prefill_time(item.pending, item.computed)
 
 
 def decode_step(m: LatencyModel, decodes: int, context: int) -> float:
@@ -122,7 +122,7 @@ def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = N
     ld = view.load
     step = decode_step(m, ld.decodes, ld.decode_context)
     ahead = ld.prefill if weight is None or not ld.orders_by_value else [
-        it for it in ld.prefill if it[2] >= weight or math.isinf(it[4])]
+        it for it in ld.prefill if it.weight >= weight or math.isinf(it.ttft_slo)]
     return drain_time(ahead, m, step, slice_s) + work_time(
         m.prefill_time(prompt_len - cached, cached), step, slice_s)
 

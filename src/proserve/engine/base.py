@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from ..core.registry import Registry, Spec
 from ..core.request import Request, Status
@@ -89,7 +89,23 @@ class SchedulerOutput:
         return self.prefill_tokens + self.decodes
 
 
-PrefillItem = tuple[int, int, float, float, float, float, int]
+class PrefillItem(NamedTuple):
+    """One prefill-stage request as a router sees it (an engine's queue, a gateway's record, a
+    router's own dispatch): small, immutable and cheap to copy into a view; read by field
+    name."""
+
+    pending: int  # tokens still to compute before the next output token
+    computed: int  # tokens whose KV is computed (the context the prefill runs on)
+    weight: float
+    arrival: float
+    ttft_slo: float
+    tpot_slo: float
+    generated: int  # > 0: a request resuming after preemption, or a decode-stage arrival
+
+    @property
+    def deadline(self) -> float:
+        """When its next token is due: arrival + TTFT SLO + generated x TPOT SLO."""
+        return self.arrival + self.ttft_slo + self.generated * self.tpot_slo
 
 
 @dataclass(slots=True)
@@ -332,8 +348,7 @@ class BaseScheduler:
     def load(self) -> EngineLoad:
         """What a router may know about this engine: its prefill queue and decode load.
 
-        Prefill items are ``(pending tokens, computed tokens, weight, arrival, ttft_slo,
-        tpot_slo, generated)`` tuples: small, immutable and cheap to copy into a router's view.
+        Prefill items are :class:`PrefillItem` s.
         """
         prefill: list[PrefillItem] = []
         decodes = 0
@@ -344,8 +359,8 @@ class BaseScheduler:
         for r in self.requests():
             pend = r.prompt_len + r.generated - r.computed
             if r.generated == 0 or pend > 1:
-                prefill.append((pend, r.computed, r.weight, r.arrival, r.ttft_slo, r.tpot_slo,
-                                r.generated))
+                prefill.append(PrefillItem(pend, r.computed, r.weight, r.arrival, r.ttft_slo,
+                                           r.tpot_slo, r.generated))
             else:
                 decodes += 1
                 ctx += r.computed + 1

@@ -85,7 +85,7 @@ from ..cluster.view import InstanceView, predicted_ttft
 from ..core.classes import PriorityClass
 from ..core.request import Request, Status
 from ..core.sched_fields import gateway_xargs, scrub_client_fields
-from ..engine.base import EngineLoad
+from ..engine.base import EngineLoad, PrefillItem
 from ..latency.model import LatencyModel
 from ..latency.profiles import load_profile
 from .gateway_config import (
@@ -154,7 +154,8 @@ class Backend:
         dgen: list[int] = []
         for r in self.inflight.values():
             if r.generated == 0:
-                prefill.append((r.prompt_len, 0, r.weight, r.arrival, r.ttft_slo, r.tpot_slo, 0))
+                prefill.append(PrefillItem(r.prompt_len, 0, r.weight, r.arrival, r.ttft_slo,
+                                           r.tpot_slo, 0))
             else:
                 decodes += 1
                 ctx += r.prompt_len + r.generated
@@ -165,8 +166,8 @@ class Backend:
         own = len(self.inflight)
         extra = self.scraped_waiting - len(prefill)
         if extra > 0:  # unknown queued work: assume mean-sized prompts of our own traffic
-            mean = (sum(p[0] for p in prefill) // len(prefill)) if prefill else 512
-            prefill += [(mean, 0, 1.0, now, math.inf, math.inf, 0)] * extra
+            mean = (sum(p.pending for p in prefill) // len(prefill)) if prefill else 512
+            prefill += [PrefillItem(mean, 0, 1.0, now, math.inf, math.inf, 0)] * extra
         # unknown running work (another worker's, another host's): mean-sized decodes
         run_extra = self.scraped_running + self.scraped_waiting - own - max(extra, 0)
         if run_extra > 0:
