@@ -250,6 +250,7 @@ class PolyServe(BaseRouter):
     :meth:`tick`, :meth:`next_wakeup`) instead of ``route``."""
 
     holds_requests = True
+    wants_decode_rows = True  # its admission test plays each resident forward
 
     def __init__(self, tiers: Any = None, *, margin: float = 0.9, min_chunk: int = 32,
                  check_period_s: float = 1.0, empty_checks: int = 2,
@@ -279,7 +280,6 @@ class PolyServe(BaseRouter):
         self.initial = dict(initial or {})
         self._tier_idx = {t.name: i for i, t in enumerate(self.tiers)}
         self.pending: list[deque[Request]] = [deque() for _ in self.tiers]
-        self._only: int | None = None  # retry(freed=k): test only instance k
         self._last_pending = [0] * len(self.tiers)  # pending depth at the previous check
         self.fleet: Fleet | None = None
 
@@ -314,7 +314,6 @@ class PolyServe(BaseRouter):
         if self.pending[t]:  # others of its tier wait already: it queues behind them (they
             self.pending[t].append(req)  # are retried as capacity frees and at every tick)
             return []
-        self._only = None
         p = self._place(req, t, {v.index: v for v in views}, now)
         if p is not None:
             return [p]
@@ -330,12 +329,11 @@ class PolyServe(BaseRouter):
         out: list[Placement] = []
         if not any(self.pending):
             return out
-        self._only = freed
         by_index = {v.index: v for v in views}
         for t, q in enumerate(self.pending):
             if self.pending_order == "fifo":
                 while q:
-                    p = self._place(q[0], t, by_index, now)
+                    p = self._place(q[0], t, by_index, now, freed)
                     if p is None:
                         break
                     q.popleft()
@@ -345,7 +343,7 @@ class PolyServe(BaseRouter):
             # the ones behind it (up to ``tries`` failures per tier and call, to bound the cost)
             fails = 0
             for r in sorted(q, key=lambda r: (r.arrival + r.ttft_slo, r.arrival, r.id)):
-                p = self._place(r, t, by_index, now)
+                p = self._place(r, t, by_index, now, freed)
                 if p is None:
                     fails += 1
                     if fails >= self.tries:
@@ -413,7 +411,6 @@ class PolyServe(BaseRouter):
         """One-shot routing (no pending queue): the ladder, else the least loaded instance of
         the tier (or of the whole fleet) so the caller always gets an answer."""
         by_index = {v.index: v for v in views}
-        self._only = None
         p = self._place(req, self.tier_of(req), by_index, now)
         if p is not None:
             return p[1]
@@ -433,8 +430,10 @@ class PolyServe(BaseRouter):
         f = self._fleet()
         f.timeline.append((now, f.counts(), [len(q) for q in self.pending]))
 
-    def _place(self, req: Request, t: int, views: dict[int, InstanceView],
-               now: float) -> Placement | None:
+    def _place(self, req: Request, t: int, views: dict[int, InstanceView], now: float,
+               only: int | None = None) -> Placement | None:
+        """The ladder for ``req`` of tier ``t``; ``only``: test just that instance (the one
+        whose capacity freed) before scaling up."""
         f = self._fleet()
         f.now = now
         pre = None
@@ -443,14 +442,13 @@ class PolyServe(BaseRouter):
             cands = [views[k] for k in self.prefill_ids if k in views and views[k].healthy]
             if not cands:
                 raise NoHealthyInstance("no healthy prefill instance")
-            pre = min((self._effective(v) for v in cands),
-                      key=lambda x: (predicted_ttft(x.view, req.prompt_len), x.index))
-            ttft_s = predicted_ttft(pre.view, req.prompt_len)
+            ttft_s, _, pre = min((predicted_ttft(v, req.prompt_len), v.index, self._effective(v))
+                                 for v in cands)
         for host in range(t, -1, -1):  # own tier, then tighter ones (lazy promotion)
             tier = self.tiers[host]
             ks = f.ready_members(host, now)
-            if self._only is not None:
-                ks = [k for k in ks if k == self._only]
+            if only is not None:
+                ks = [k for k in ks if k == only]
             loads = [self._effective(views[k]) for k in ks if k in views and views[k].healthy]
             x = self.pick_admitting(req, loads, tier, now, pre is None, ttft_s)
             if x is not None:

@@ -128,12 +128,12 @@ def predicted_ttft(view: InstanceView, prompt_len: int, weight: float | None = N
 
 
 def view_of(engine, index: int, now: float, role: str = "colocated",
-            healthy: bool = True) -> InstanceView:
+            healthy: bool = True, decode_rows: bool = False) -> InstanceView:
     """Snapshot an engine scheduler (anything with ``load()``, ``name`` and ``model``; with a
     ``kv`` :class:`~proserve.engine.kv.BlockManager` that caches prefixes, the view can also tell
     how much of a request's prompt is cached there)."""
     return InstanceView(index=index, policy=engine.name, model=engine.model, taken_at=now,
-                        load=engine.load(), role=role, healthy=healthy,
+                        load=engine.load(decode_rows), role=role, healthy=healthy,
                         prefix_lookup=prefix_lookup_of(engine))
 
 

@@ -144,7 +144,7 @@ class EngineScheduler(Protocol):
     def update_from_output(self, out: SchedulerOutput, now: float) -> list[Request]: ...
     def has_unfinished(self) -> bool: ...
     def requests(self) -> Iterable[Request]: ...
-    def load(self) -> EngineLoad: ...
+    def load(self, decode_rows: bool = False) -> EngineLoad: ...
 
 
 class BaseScheduler:
@@ -345,10 +345,13 @@ class BaseScheduler:
             out.prefill_tokens += q
         r.status = Status.RUNNING
 
-    def load(self) -> EngineLoad:
+    def load(self, decode_rows: bool = False) -> EngineLoad:
         """What a router may know about this engine: its prefill queue and decode load.
 
-        Prefill items are :class:`PrefillItem` s.
+        Prefill items are :class:`PrefillItem` s. ``decode_rows``: also list each decode's
+        context and generated tokens (``EngineLoad.decode_ctx``/``decode_gen``), which only
+        routers that play residents forward need (PolyServe's admission test); off by default
+        because views are rebuilt on every routing decision.
         """
         prefill: list[PrefillItem] = []
         decodes = 0
@@ -364,8 +367,9 @@ class BaseScheduler:
             else:
                 decodes += 1
                 ctx += r.computed + 1
-                dctx.append(r.computed + 1)
-                dgen.append(r.generated)
+                if decode_rows:
+                    dctx.append(r.computed + 1)
+                    dgen.append(r.generated)
                 if r.tpot_slo < min_tpot:
                     min_tpot = r.tpot_slo
         # free blocks include free-but-cached ones: they are evicted on demand

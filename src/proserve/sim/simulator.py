@@ -72,8 +72,9 @@ class _Views:
     or refreshed only every ``interval`` seconds, as a gateway scraping metrics sees them."""
 
     def __init__(self, engines: Sequence[BaseScheduler], roles: Sequence[str],
-                 interval: float) -> None:
+                 interval: float, decode_rows: bool = False) -> None:
         self.engines = engines
+        self.decode_rows = decode_rows  # the router plays residents forward (PolyServe)
         self.roles = roles
         self.interval = interval
         self.views: list[InstanceView | None] = [None] * len(engines)
@@ -87,7 +88,8 @@ class _Views:
         if self.interval <= 0 or now - self.last >= self.interval:
             for k, d in enumerate(self.dirty):
                 if d or self.views[k] is None:
-                    self.views[k] = view_of(self.engines[k], k, now, self.roles[k])
+                    self.views[k] = view_of(self.engines[k], k, now, self.roles[k],
+                                            decode_rows=self.decode_rows)
                     self.dirty[k] = False
             self.last = now
         return self.views  # type: ignore[return-value]
@@ -154,7 +156,8 @@ def simulate(
     n_eng = len(all_eng)
     roles = (["prefill"] * n_pre + ["decode"] * len(decode_engines)) if disagg else (
         ["colocated"] * n_pre)
-    views = _Views(all_eng, roles, view_interval) if router is not None else None
+    views = _Views(all_eng, roles, view_interval,
+                   getattr(router, "wants_decode_rows", False)) if router is not None else None
     # a router that holds requests (pending queue) and manages the fleet (PolyServe)
     fleet = router if getattr(router, "holds_requests", False) else None
     if fleet is not None:
