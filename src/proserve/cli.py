@@ -114,6 +114,8 @@ CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-
 SynthOpt = typer.Option(False, "--synthetic-arrivals", help="Timestamped traces: keep only their lengths and draw --arrival (Poisson) arrivals at --rate, as PolyServe's evaluation does.")
 SharedPrefixOpt = typer.Option(0, "--shared-prefix", help="Every request of a tenant (its class, if the trace has none) starts with the same system prompt of this many tokens (prompt lengths unchanged); for traces without prefix ids (Mooncake's hash_ids are always used).")
 PrefixCacheOpt = typer.Option(True, "--prefix-caching/--no-prefix-caching", help="vLLM-style prefix caching of prompt blocks (on by default, as in vLLM); acts only on requests with prefix identity.")
+PreemptOpt = typer.Option("recompute", "--preemption", help="What happens to a preempted request's KV: recompute (vLLM today) | offload-sync | offload-async | full (ProServe: async offload, pipelined reload, adaptive copy budget, eager backup) | full-nobudget | full-nobackup.")
+HostKvOpt = typer.Option(None, "--host-kv-blocks", help="Host memory for offloaded KV: a block count or a factor of the device blocks ('4x', the default when offloading).")
 DrainOpt = typer.Option(300.0, "--drain", help="Simulated seconds to keep serving after the last arrival.")
 TenantOpt = typer.Option(None, "--tenant-classes", help="Map tenants (ServeGen clients) to classes: 'volume' (heaviest tenants to the first class, by share), 'top:0.2', or 'client-5=high,client-9=low'.")
 RouterOpt = typer.Option(None, "--router", help="Router across instances (see `proserve routers`); default round-robin when instances > 1.")
@@ -145,6 +147,8 @@ def simulate(
     synthetic_arrivals: bool = SynthOpt,
     shared_prefix: int = SharedPrefixOpt,
     prefix_caching: bool = PrefixCacheOpt,
+    preemption: str = PreemptOpt,
+    host_kv_blocks: str | None = HostKvOpt,
     drain: float = DrainOpt,
     policy_arg: list[str] | None = PArgOpt,
     tenant_classes: str | None = TenantOpt,
@@ -178,6 +182,7 @@ def simulate(
         kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
         synthetic_arrivals=synthetic_arrivals,
         shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
+        preemption=preemption, host_kv_blocks=host_kv_blocks,
         w_p=w_p, w_d=w_d, tenant_classes=tenant_classes, router=router,
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
         mode=mode, prefill_instances=prefill_instances, decode_instances=decode_instances,
@@ -229,6 +234,8 @@ def compare(
     synthetic_arrivals: bool = SynthOpt,
     shared_prefix: int = SharedPrefixOpt,
     prefix_caching: bool = PrefixCacheOpt,
+    preemption: str = PreemptOpt,
+    host_kv_blocks: str | None = HostKvOpt,
     drain: float = DrainOpt,
     tenant_classes: str | None = TenantOpt,
     instances: int = typer.Option(1, "--instances", help="Engine instances per run."),
@@ -257,6 +264,7 @@ def compare(
                    seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
                    synthetic_arrivals=synthetic_arrivals,
                    shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
+        preemption=preemption, host_kv_blocks=host_kv_blocks,
                    drain_s=drain, instances=instances, rate=rate_list[0],
                    tenant_classes=tenant_classes, view_interval_ms=view_interval, mode=mode,
                    prefill_instances=prefill_instances, decode_instances=decode_instances,
@@ -308,6 +316,8 @@ def goodput(
     synthetic_arrivals: bool = SynthOpt,
     shared_prefix: int = SharedPrefixOpt,
     prefix_caching: bool = PrefixCacheOpt,
+    preemption: str = PreemptOpt,
+    host_kv_blocks: str | None = HostKvOpt,
     latency_noise: float = NoiseOpt,
     threshold: float = typer.Option(0.9, "--threshold", help="Deadline-SLO attainment the goodput must keep (every token by arrival + TTFT + i*TPOT)."),
     guess: float | None = typer.Option(None, "--guess", help="First rate to try (default: one per instance)."),
@@ -326,7 +336,8 @@ def goodput(
                    decode_instances=decode_instances, profile=profile, classes=classes, seed=seed,
                    arrival=arrival, latency_noise=latency_noise, rate=guess or float(max(n, 1)),
                    synthetic_arrivals=synthetic_arrivals,
-                   shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching)
+                   shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
+                   preemption=preemption, host_kv_blocks=host_kv_blocks)
     if not 0 < threshold <= 1 or rel_tol <= 0:
         _fail("--threshold must be in (0, 1] and --rel-tol positive")
     try:
@@ -423,6 +434,8 @@ def emulate(
     policy_arg: list[str] | None = PArgOpt,
     profile: str = ProfileOpt,
     kv_blocks: int | None = KvOpt,
+    preemption: str = PreemptOpt,
+    host_kv_blocks: str | None = HostKvOpt,
     classes: str | None = typer.Option(None, "--classes", help="Classes by rank: request `priority` p selects class p (lower = more urgent). Behind a gateway, use the gateway's classes."),
     field_limits: str | None = typer.Option(None, "--field-limits", help="Allowed vllm_xargs ranges, e.g. 'weight=1:4,ttft_slo_ms=100:,tpot_slo_ms=10:'. Default: weight within the classes' weights, SLOs no tighter than the tightest class's."),
     model_name: str = typer.Option("proserve-emulated", "--model-name", help="Model id served."),
@@ -433,6 +446,7 @@ def emulate(
     from .core.classes import SpecError, parse_classes
     from .core.sched_fields import FieldLimits
     from .engine.base import policy_spec
+    from .engine.offload import host_blocks_for, preemption_mode
     from .latency.profiles import load_profile
     from .serve.emulator import EmulatorConfig, run_emulators
     from .serve.supervisor import WorkerStartError
@@ -448,11 +462,13 @@ def emulate(
         parse_classes(classes)
         FieldLimits.parse(field_limits)
         load_profile(profile)
+        host_blocks_for(host_kv_blocks, 1, preemption_mode(preemption))
     except (ValueError, SpecError) as e:
         _fail(str(e))
     cfg = EmulatorConfig(model_name=model_name, policy=policy, policy_args=_policy_args(policy_arg),
                          profile=profile, kv_blocks=kv_blocks, classes=classes,
-                         field_limits=field_limits,
+                         field_limits=field_limits, preemption=preemption,
+                         host_kv_blocks=host_kv_blocks,
                          max_model_len=max_model_len, time_scale=time_scale)
     err.print(f"emulating {instances} x {policy} on {profile} at http://{host}:{port}"
               + (f"..{port + instances - 1}" if instances > 1 else "")

@@ -52,8 +52,9 @@ class CheckedScheduler:
             assert 1 <= q <= r.pending, (r.id, q, r.pending)
             assert r.blocks * inner.kv.block_size >= r.computed + q, "KV not allocated"
             assert r.status == Status.RUNNING
-        for v in out.preempted:
-            assert v.blocks == 0 and v.computed == 0
+        bs = inner.kv.block_size
+        for v in out.preempted:  # KV dropped (recompute), or all of it on host (offload)
+            assert v.blocks == 0 and (v.computed == 0 or v.host_blocks == -(-v.computed // bs))
             assert all(v is not r for r in out.reqs)
         expect = inner.model.batch_time(zip(out.num_tokens, (r.computed for r in out.reqs)))
         assert abs(out.duration - expect) < 1e-9 if out.reqs else True

@@ -67,3 +67,39 @@ def test_prompt_prefix_ids_are_chained_and_stable() -> None:
     chat = ChatRequest(model=MODEL, messages=[{"role": "user", "content": "x" * 130}])
     p = prompt_prefix(chat, 16)
     assert p is not None and len(p.ids) == 2  # 6 + 130 characters: two 64-character chunks
+
+
+def gauge(text: str, name: str, **labels: str) -> float:
+    sel = "".join(f'(?=[^}}]*{k}="{v}")' for k, v in labels.items())
+    m = re.search(rf"^{re.escape(name)}\{{{sel}[^}}]*\}} ([0-9.e+]+)$", text, re.M)
+    assert m, f"{name} {labels} missing"
+    return float(m.group(1))
+
+
+def test_emulator_offloads_preempted_kv_and_exports_the_copies() -> None:
+    """A KV cache of 30 blocks (480 tokens) and eight 150-token requests of two priorities:
+    the engine must preempt; with ``full`` the victims' KV goes to host and comes back."""
+    async def go():
+        eng, c = await start(kv_blocks=30, preemption="full", policy="slide",
+                             classes="high:w=2;low:w=1", max_model_len=400)
+        try:
+            async def one(i: int):
+                r = await c.post("/v1/completions", json={
+                    "model": MODEL, "prompt": list(range(i * 1000, i * 1000 + 150)),
+                    "max_tokens": 60, "priority": i % 2})
+                assert r.status == 200
+                return (await r.json())["usage"]["completion_tokens"]
+            done = await asyncio.gather(*(one(i) for i in range(8)))
+            assert done == [60] * 8  # every request ends with all its tokens
+            m = await (await c.get("/metrics")).text()
+            assert counter(m, "vllm:num_preemptions") > 0
+            off = gauge(m, "proserve_engine_preemptions", mode="offload")
+            assert off > 0
+            assert off + gauge(m, "proserve_engine_preemptions", mode="recompute") == counter(
+                m, "vllm:num_preemptions")
+            assert gauge(m, "proserve_engine_kv_blocks_copied", direction="out") > 0
+            assert gauge(m, "proserve_engine_kv_blocks_copied", direction="in") > 0
+            assert eng.scheduler.kv.host_free == eng.scheduler.kv.host_total  # all given back
+        finally:
+            await c.close()
+    asyncio.run(go())

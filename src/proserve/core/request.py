@@ -103,6 +103,10 @@ class Request:
     generated: int = 0  # output tokens emitted so far
     blocks: int = 0  # KV blocks held (its block table's length, shared blocks included)
     cached_blocks: int = 0  # leading blocks of the table that are prefix-cache entries (shared)
+    # KV blocks of this request held in host memory (engine/offload.py): while it runs, backup
+    # copies of its leading full blocks (eager backup); while it waits after an offload
+    # preemption, its whole KV (``computed`` tokens), reloaded when it is scheduled again
+    host_blocks: int = 0
     preemptions: int = 0
     instance: int = -1  # which engine instance serves it (set by the cluster)
     # Disaggregated serving: on a prefill instance the request ends its stay there when its first
@@ -162,7 +166,7 @@ class Request:
         """Forget all engine state and metrics (used when a workload is replayed)."""
         self.status = Status.WAITING
         self.computed = self.generated = self.blocks = self.preemptions = 0
-        self.cached_blocks = self.cached_tokens = 0
+        self.cached_blocks = self.cached_tokens = self.host_blocks = 0
         self.instance = -1
         self.first_token_time = self.last_token_time = self.finish_time = -1.0
         self.first_on_time = False

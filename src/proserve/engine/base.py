@@ -19,6 +19,14 @@ blocks (``computed`` starts after them) before allocating the rest, and
 :meth:`BaseScheduler._undo_hit` gives them back should that allocation fail. After each step
 :meth:`update_from_output` caches the prompt blocks the step completed
 (:meth:`BlockManager.commit`).
+
+Preemption (``preemption=``, engine/offload.py): ``recompute`` drops a victim's KV as vLLM does;
+the offload modes keep it on host (``host_kv_blocks``) and reload it when the victim is scheduled
+again. Policies do not change: a victim keeps ``computed``, so the walk sizes its next chunk from
+there, and :meth:`BlockManager.allocate` notices the reload. :meth:`schedule` (the policy's
+:meth:`_schedule` plus :meth:`_plan_copies`) then applies the copy budget and the eager backup,
+and records the step's copies in the output; :meth:`step_seconds` turns compute time into the
+step's wall time with those copies.
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ from ..core.registry import Registry, Spec
 from ..core.request import Request, Status
 from ..latency.model import LatencyModel
 from .kv import BlockManager
+from .offload import (
+    DEFAULT_LAYER_GROUPS,
+    TransferModel,
+    host_blocks_for,
+    preemption_mode,
+    step_seconds,
+)
 
 # Fallback caps when the profile names no device (vLLM's OpenAI-server token budget on a large
 # GPU, its smaller sequence cap); profiles that name their GPU get vLLM's own per-hardware values
@@ -79,6 +94,11 @@ class SchedulerOutput:
     duration: float = 0.0
     prefill_tokens: int = 0
     decodes: int = 0
+    # KV copies this step (engine/offload.py): blocks offloaded to host by this step's
+    # preemptions, reloaded from host, and backed up eagerly
+    blocks_out: int = 0
+    blocks_in: int = 0
+    backup_blocks: int = 0
 
     @property
     def empty(self) -> bool:
@@ -160,11 +180,37 @@ class BaseScheduler:
         max_num_seqs: int = DEFAULT_MAX_SEQS,
         check_invariants: bool = False,
         prefix_caching: bool = True,
+        preemption: str = "recompute",
+        host_kv_blocks: int | str | None = None,
+        layer_groups: int = DEFAULT_LAYER_GROUPS,
     ) -> None:
         if max_num_batched_tokens <= 0 or max_num_seqs <= 0:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
+        if layer_groups < 1:
+            raise ValueError("layer_groups must be >= 1")
         self.model = model
-        self.kv = BlockManager(model.kv_blocks, model.block_size, prefix_caching=prefix_caching)
+        self.mode = preemption_mode(preemption)
+        self.kv = BlockManager(model.kv_blocks, model.block_size, prefix_caching=prefix_caching,
+                               host_blocks=host_blocks_for(host_kv_blocks, model.kv_blocks,
+                                                           self.mode))
+        self.transfer = TransferModel.from_profile(model) if self.mode.offload else None
+        self.layer_groups = layer_groups
+        # adaptive copy budget: blocks this step may reload (policies with a latency budget set
+        # it from that budget each walk; others: what the longest possible batch hides)
+        self._max_copy = 0 if self.transfer is None else self.transfer.blocks_within(
+            model.c0 + model.prefill_time(max_num_batched_tokens))
+        self._copy_cap = self._max_copy
+        self._copy_used = 0
+        # preemption and copy counters (metrics; engine/offload.py)
+        self.preempt_offload = 0  # victims whose KV went to host
+        self.preempt_recompute = 0  # victims whose KV was dropped (recompute mode or host full)
+        self.recomputed_tokens = 0  # computed KV thrown away (to be computed again)
+        self.blocks_out = self.blocks_in = self.backup_blocks = 0
+        self.reload_trims = 0  # reloads the copy budget cut short (the rest recomputes)
+        self.copy_wait_s = 0.0  # step time spent waiting on copies beyond compute
+        # ids of requests that arrived with computed KV (a disaggregated decode instance): for
+        # check(), which otherwise takes KV held nowhere for lost KV
+        self._arrived_with_kv: set[int] = set()
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.check_invariants = check_invariants
@@ -193,10 +239,30 @@ class BaseScheduler:
         """Every unfinished request this engine holds (waiting or running)."""
         raise NotImplementedError
 
-    def schedule(self, now: float) -> SchedulerOutput:
+    def _schedule(self, now: float) -> SchedulerOutput:
+        """The policy's batch decision (KV allocated, victims preempted)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ public API
+    def schedule(self, now: float) -> SchedulerOutput:
+        """The next iteration's batch: the policy's decision plus its KV copies."""
+        if self.transfer is not None:
+            self._copy_used = 0
+            self._copy_cap = self._max_copy
+        out = self._schedule(now)
+        if self.transfer is not None:
+            self._plan_copies(out)
+        return out
+
+    def step_seconds(self, compute: float, out: SchedulerOutput) -> float:
+        """Wall time of a step whose compute takes ``compute`` seconds, its copies included
+        (the caller times compute: the simulator's truth model, or the emulator's)."""
+        if self.transfer is None or not (out.blocks_out or out.blocks_in or out.backup_blocks):
+            return compute
+        t = step_seconds(self.mode, self.transfer, compute, out.blocks_out, out.blocks_in,
+                         out.backup_blocks, self.layer_groups)
+        self.copy_wait_s += t - compute
+        return t
     def add_request(self, req: Request, now: float) -> bool:
         """Queue ``req``; False (status REJECTED) if it could never fit in the KV cache."""
         self.num_received += 1
@@ -205,6 +271,8 @@ class BaseScheduler:
             req.finish_time = now
             return False
         req.status = Status.WAITING
+        if req.computed and not req.blocks and not req.host_blocks:
+            self._arrived_with_kv.add(req.id)  # disaggregated: its KV is in transfer
         if req.prefix is not None and self.kv.caching:
             self.prefix_active = True
         self._enqueue(req, now)
@@ -246,7 +314,7 @@ class BaseScheduler:
         """Drop one unfinished request (e.g. its client went away); False if it is not held."""
         if r.status >= Status.FINISHED:
             return False
-        self.kv.release(r)
+        self._free_kv(r)
         r.status = Status.UNFINISHED
         r.finish_time = now
         self._on_finished(r)
@@ -256,7 +324,7 @@ class BaseScheduler:
         """End every request still held (e.g. the simulation's drain time ran out)."""
         left = list(self.requests())
         for r in left:
-            self.kv.release(r)
+            self._free_kv(r)
             r.status = status
             r.finish_time = now
             self._on_finished(r)
@@ -276,12 +344,24 @@ class BaseScheduler:
             if r.blocks * self.kv.block_size < r.computed and not (
                     r.blocks == 0 and r.status == Status.WAITING):
                 raise AssertionError(f"request {r.id}: KV blocks do not cover computed tokens")
+            # a waiting request with computed KV and no blocks has it on host (offload), unless
+            # it is a disaggregated arrival whose prompt KV is in the transfer buffer
+            if r.blocks:
+                self._arrived_with_kv.discard(r.id)
+            elif r.computed and not r.host_blocks and r.id not in self._arrived_with_kv:
+                raise AssertionError(f"request {r.id}: {r.computed} computed tokens neither on "
+                                     "device nor on host")
 
     # ------------------------------------------------------------------ shared mechanics
+    def _free_kv(self, r: Request) -> None:
+        self.kv.release(r)
+        if r.host_blocks:
+            self.kv.drop_host(r)
+
     def _hand_off(self, r: Request) -> None:
         """A prefill-only request is done here: free its KV and drop it from the queues; its
         status stays WAITING (it waits for its KV transfer, then for its decode instance)."""
-        self.kv.release(r)
+        self._free_kv(r)
         r.status = Status.WAITING
         r.prefill_only = False
         self.num_handed_off += 1
@@ -290,14 +370,24 @@ class BaseScheduler:
     def _finish(self, r: Request, now: float) -> None:
         r.status = Status.FINISHED
         r.finish_time = now
-        self.kv.release(r)
+        self._free_kv(r)
+        if self._arrived_with_kv:
+            self._arrived_with_kv.discard(r.id)
         self.num_finished += 1
         self._on_finished(r)
 
     def _preempt(self, r: Request, out: SchedulerOutput) -> None:
-        """Recompute preemption: drop the request's KV; it will prefill prompt+generated again."""
-        self.kv.release(r)
-        r.computed = 0
+        """Preempt ``r``: offload its KV to host (offload modes, if host memory holds it), else
+        drop it (recompute: it will prefill prompt + generated again)."""
+        copied = self.kv.offload(r) if self.mode.offload and r.computed else -1
+        if copied >= 0:
+            out.blocks_out += copied
+            self.preempt_offload += 1
+        else:
+            self._free_kv(r)
+            self.recomputed_tokens += r.computed
+            r.computed = 0
+            self.preempt_recompute += 1
         r.preemptions += 1
         r.status = Status.WAITING
         self.num_preemptions += 1
@@ -334,6 +424,103 @@ class BaseScheduler:
             if v is r:
                 return False
         return True
+
+    def _remove_from_batch(self, out: SchedulerOutput, gone: list[Request]) -> None:
+        """Take requests back out of this step's batch and recount its totals from the
+        survivors (scheduling never changes ``computed`` of the requests it keeps). Rare
+        (preemption of a scheduled request, a dropped reload), so O(batch) is fine."""
+        ids = {id(v) for v in gone}
+        if not any(id(r) in ids for r in out.reqs):
+            return
+        keep = [(r, q) for r, q in zip(out.reqs, out.num_tokens) if id(r) not in ids]
+        m = self.model
+        out.reqs = [r for r, _ in keep]
+        out.num_tokens = [q for _, q in keep]
+        out.duration = m.c0 + sum(m.seq_time(q, r.computed) for r, q in keep)
+        out.decodes = sum(1 for r, q in keep if q == 1 and r.computed > 0)
+        out.prefill_tokens = sum(q for r, q in keep) - out.decodes
+
+    def _plan_copies(self, out: SchedulerOutput) -> None:
+        """Charge this step's reloads (copy budget first) and schedule eager backups."""
+        kv, mode, tm = self.kv, self.mode, self.transfer
+        assert tm is not None
+        # reloads still on device (one re-offloaded in the same step moved nothing), in the
+        # order the policy took them: most valuable first
+        rel = [r for r in kv.reloading if r.blocks > 0]
+        kv.reloading.clear()
+        if rel:
+            blocks = sum(r.host_blocks for r in rel)
+            out.blocks_in += blocks
+            self.blocks_in += blocks
+            for r in rel:
+                if mode.eager_backup:
+                    kv.keep_full_backup(r)  # a second eviction copies only what is new
+                else:
+                    kv.drop_host(r)
+        self.blocks_out += out.blocks_out
+        if mode.eager_backup and out.reqs:
+            self._eager_backup(out)
+
+    def _set_copy_budget(self, seconds: float) -> None:
+        """The adaptive copy budget of a walk whose batch may take ``seconds``: the reloads that
+        copy hides under (the authors' case 1, "E_min >= B": the blocks copyable within B)."""
+        if self.transfer is not None and seconds < float("inf"):
+            self._copy_cap = self.transfer.blocks_within(seconds)
+
+    def _refresh(self, r: Request) -> None:
+        """``r``'s computed tokens changed outside a step (policies that cache per-request
+        predictions update them)."""
+
+    def _trim_reload(self, r: Request, time_left: float = float("inf"),
+                     first: bool = True) -> bool:
+        """Copy budget (``full``): ``r`` is about to be reloaded from host. If its blocks fit
+        what this step may still copy, it reloads them all. Otherwise (the authors'
+        ``MixScheduler``) it reloads the leading blocks that fit and recomputes the rest in this
+        step, which is only worth it if that recompute fits ``time_left``; if not, ``r`` is
+        deferred (False: not scheduled this step, its KV untouched on host) unless it is the
+        step's ``first`` item (a step must make progress)."""
+        h = r.host_blocks
+        left = self._copy_cap - self._copy_used
+        if h <= left:
+            self._copy_used += h
+            return True
+        k = max(left, 0)
+        bs = self.kv.block_size
+        new = min(r.computed, k * bs)
+        pend = r.prompt_len + r.generated - new
+        if not first and self.model.max_chunk(time_left, new, pend) < pend:
+            return False
+        self.recomputed_tokens += r.computed - new
+        self.reload_trims += 1
+        r.computed = new
+        self.kv.host_free += h - k
+        r.host_blocks = k
+        self._copy_used += k
+        self._refresh(r)
+        return True
+
+    def _eager_backup(self, out: SchedulerOutput) -> None:
+        """Back up full blocks of this batch's lower-priority requests, lowest priority first,
+        within the device->host link time the step leaves idle (see engine/offload.py)."""
+        tm = self.transfer
+        assert tm is not None
+        spare = out.duration - tm.seconds(out.blocks_out)
+        limit = tm.blocks_within(spare) if out.blocks_out == 0 else tm.blocks_within(
+            spare + tm.s_per_copy)  # one batched copy: the overhead is paid once
+        if limit <= 0 or self.kv.host_free <= 0:
+            return
+        top = min(r.priority for r in out.reqs)
+        cands = [r for r in out.reqs if r.priority > top]
+        if not cands:
+            return
+        cands.sort(key=lambda r: -r.priority)  # stable: the batch's tail first within a class
+        done = 0
+        for r in cands:
+            done += self.kv.backup(r, limit - done)
+            if done >= limit or self.kv.host_free <= 0:
+                break
+        out.backup_blocks += done
+        self.backup_blocks += done
 
     def _add(self, out: SchedulerOutput, r: Request, q: int, cost: float) -> None:
         out.reqs.append(r)
@@ -389,6 +576,22 @@ class BaseScheduler:
             "prefix_caching": self.kv.caching,
             "prefix_hit_tokens": self.kv.hit_tokens,
             "prefix_evictions": self.kv.evictions,
+            **self.preemption_stats(),
+        }
+
+    def preemption_stats(self) -> dict[str, Any]:
+        """Preemptions by mode and KV moved (blocks each way, copy wait), for results JSON."""
+        return {
+            "preemption_mode": self.mode.name,
+            "preemptions_offload": self.preempt_offload,
+            "preemptions_recompute": self.preempt_recompute,
+            "recomputed_tokens": self.recomputed_tokens,
+            "blocks_offloaded": self.blocks_out,
+            "blocks_reloaded": self.blocks_in,
+            "blocks_backed_up": self.backup_blocks,
+            "reloads_trimmed": self.reload_trims,
+            "copy_wait_s": self.copy_wait_s,
+            "host_kv_blocks": self.kv.host_total,
         }
 
 

@@ -15,6 +15,17 @@ and 8):
 One guard is ours: if the very first item does not fit the budget the batch would be empty and the
 engine would stall, so the first item is always taken (a decode, or a ``min_chunk`` prefill).
 
+Two rules apply only with an offload preemption mode (engine/offload.py), both ours:
+
+* a request that holds no device KV (new, or resuming from host) preempts only requests of a
+  *lower* class; if that frees too little it waits for free blocks and the walk goes on with the
+  requests that hold KV. After an offload a victim is a cheap decode again (its KV is kept), so
+  SlideBatching's order puts it back at the head, where it would evict a same-class peer, which
+  then does the same (``class_guard=False`` turns the rule off; docs/BENCHMARKS.md section 13
+  measures both);
+* the copy budget (``full``): a resuming request whose reload does not fit the step's copy budget
+  reloads what fits and recomputes the rest if that fits the step's time, else waits a step.
+
 Policies here: ``edf`` (earliest next-token deadline first) and ``fairbatching`` (near-deadline
 decodes, then prefills, then other decodes), both with FairBatching-style adaptive batch capacity.
 
@@ -54,8 +65,11 @@ class UnifiedQueueScheduler(BaseScheduler):
     """
 
     def __init__(self, model: LatencyModel, *, min_chunk: int = 50,
-                 deadline: DeadlineFn = strict_deadline, small_queue: int = 48, **kw) -> None:
+                 deadline: DeadlineFn = strict_deadline, small_queue: int = 48,
+                 class_guard: bool = True, **kw) -> None:
         super().__init__(model, **kw)
+        # offload modes: KV-less requests preempt only lower classes (module docstring)
+        self.class_guard = class_guard
         self.small_queue = small_queue
         if min_chunk < 1:
             raise ValueError("min_chunk must be >= 1")
@@ -66,7 +80,10 @@ class UnifiedQueueScheduler(BaseScheduler):
         self.table.add(req)
 
     def _on_preempted(self, req: Request) -> None:
-        self.table.refresh(req)  # stays in the one queue, now with computed = 0
+        self.table.refresh(req)  # stays in the one queue, its KV dropped or on host
+
+    def _refresh(self, r: Request) -> None:
+        self.table.refresh(r)
 
     def _on_finished(self, req: Request) -> None:
         self.table.remove(req)
@@ -106,7 +123,7 @@ class UnifiedQueueScheduler(BaseScheduler):
         order, budget = self.plan(now, slots)
         return self.table.requests_at(slots[order]), budget
 
-    def schedule(self, now: float) -> SchedulerOutput:
+    def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
         if len(self.table) == 0:
             return out
@@ -127,6 +144,10 @@ class UnifiedQueueScheduler(BaseScheduler):
         running = Status.RUNNING
         reqs, ntoks = out.reqs, out.num_tokens
         tail = _TailVictims(order)
+        guard = self.mode.offload and self.class_guard
+        trim = self.mode.copy_budget
+        if trim:
+            self._set_copy_budget(budget)
         pc = self.prefix_active
         kv = self.kv
         hit = 0
@@ -138,6 +159,9 @@ class UnifiedQueueScheduler(BaseScheduler):
             if tok_left <= 0:
                 break
             time_left = budget - out.duration
+            if trim and not r.blocks and r.host_blocks and not self._trim_reload(
+                    r, time_left, not reqs):
+                continue  # its reload does not fit this step's copy budget: next step
             p = r.computed
             # prefix cache: a request about to get its first KV starts after its cached
             # prefix, so its chunk and cost cover only uncached tokens
@@ -166,8 +190,17 @@ class UnifiedQueueScheduler(BaseScheduler):
                     self._undo_hit(r)
                     break
                 hit = 0
-            elif r.blocks * bs < p + q and not self._allocate_or_preempt(r, q, out, tail):
-                break
+            elif r.blocks * bs < p + q:
+                # offload modes: a request without KV (resuming from host, or new) preempts
+                # only lower-priority classes (see _TailVictims)
+                guarded = guard and not r.blocks
+                tail.floor = r.priority if guarded else -1
+                if not self._allocate_or_preempt(r, q, out, tail):
+                    if guarded:  # it waits for free blocks; those holding KV go on
+                        tail.floor = -1
+                        continue
+                    break
+                tail.floor = -1
             reqs.append(r)
             ntoks.append(q)
             out.duration += cost
@@ -181,19 +214,23 @@ class UnifiedQueueScheduler(BaseScheduler):
 class _TailVictims:
     """Preemption victims from the tail of the order, never at or before the current item."""
 
-    __slots__ = ("order", "last", "pos")
+    __slots__ = ("order", "last", "pos", "floor")
 
     def __init__(self, order: Sequence[Request]) -> None:
         self.order = order
         self.last = len(order) - 1  # items after ``last`` have been considered as victims
         self.pos = 0
+        self.floor = -1  # victims must have a priority number above this (-1: any)
 
     def __call__(self) -> Request | None:
         while self.last > self.pos:
             v = self.order[self.last]
-            self.last -= 1
             if v.blocks > 0:
+                if v.priority <= self.floor:
+                    return None  # not preempted for this request; stays a victim for others
+                self.last -= 1
                 return v
+            self.last -= 1
         return None
 
 

@@ -38,8 +38,17 @@ Life cycle (vLLM's ``KVCacheManager``/``BlockPool``, v1):
 
 Books (:meth:`check`): ``free`` = empty + evictable; used = private + cached blocks with
 refcount > 0 = ``total - free``; a cached block's refcount equals the number of live requests
-whose table holds it; evictable blocks are exactly the refcount-0 entries. Offload to host memory
-(ProServe section 3) will extend this class; recompute preemption is what vLLM does today.
+whose table holds it; evictable blocks are exactly the refcount-0 entries.
+
+**Host tier** (``host_blocks`` > 0; ProServe section 3, see engine/offload.py for the modes and
+their timing): a request's ``host_blocks`` are copies of its KV in host memory. While it runs they
+are backups of its leading *full* blocks (immutable once full, so a backup stays valid); when it
+is preempted by offload (:meth:`offload`) the rest of its KV is copied out, its device blocks are
+freed and ``computed`` is kept; when it is scheduled again, allocating its blocks *is* the reload
+(:meth:`allocate` lists it in ``reloading`` for the scheduler to charge the copy). Books:
+``host_free`` = ``host_total`` - the sum of every live request's ``host_blocks``; a device-resident
+request holds at most ``computed // block_size`` host blocks, an offloaded one exactly
+``ceil(computed / block_size)``.
 """
 
 from __future__ import annotations
@@ -58,12 +67,17 @@ class KVCapacityError(AssertionError):
 
 class BlockManager:
     __slots__ = ("total", "free", "block_size", "caching", "_refs", "_lru", "hit_tokens",
-                 "evictions")
+                 "evictions", "host_total", "host_free", "reloading")
 
     def __init__(self, total_blocks: int, block_size: int = 16, *,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, host_blocks: int = 0) -> None:
         if total_blocks <= 0 or block_size <= 0:
             raise ValueError("total_blocks and block_size must be positive")
+        if host_blocks < 0:
+            raise ValueError("host_blocks must be >= 0")
+        self.host_total = self.host_free = host_blocks
+        # requests whose KV came back from host in allocations since the scheduler last looked
+        self.reloading: list[Request] = []
         self.total = total_blocks
         self.free = total_blocks  # blocks no live request holds: empty + evictable cached
         self.block_size = block_size
@@ -94,6 +108,8 @@ class BlockManager:
             return True
         if need > self.free:
             return False
+        if req.blocks == 0 and req.host_blocks and req.computed:
+            self.reloading.append(req)  # its KV is on host: these blocks are a reload
         self.free -= need
         req.blocks += need
         if self.free < len(self._lru):
@@ -131,6 +147,43 @@ class BlockManager:
         req.blocks = 0
         if self.free > self.total:
             raise KVCapacityError(f"freed more blocks than exist ({self.free} > {self.total})")
+
+    # ------------------------------------------------------------------ host tier
+    def offload(self, req: Request) -> int:
+        """Preempt ``req`` by offload: copy the blocks of its ``computed`` KV not yet backed up to
+        host and free its device blocks (``computed`` is kept). Returns the blocks copied, or -1
+        (and nothing changed) if host memory cannot hold them."""
+        n = -(-req.computed // self.block_size)
+        need = n - req.host_blocks
+        if need > self.host_free or need < 0:
+            return -1
+        self.host_free -= need
+        req.host_blocks = n
+        self.release(req)
+        return need
+
+    def backup(self, req: Request, limit: int) -> int:
+        """Copy up to ``limit`` more of ``req``'s full blocks to host (eager backup, oldest first);
+        returns how many."""
+        add = min(req.computed // self.block_size - req.host_blocks, limit, self.host_free)
+        if add <= 0:
+            return 0
+        self.host_free -= add
+        req.host_blocks += add
+        return add
+
+    def keep_full_backup(self, req: Request) -> None:
+        """After a reload: keep the host copies of ``req``'s full blocks as backups (the partial
+        last block will change; its copy is dropped)."""
+        extra = req.host_blocks - req.computed // self.block_size
+        if extra > 0:
+            self.host_free += extra
+            req.host_blocks -= extra
+
+    def drop_host(self, req: Request) -> None:
+        """Forget ``req``'s host copies (it finished, or recomputes)."""
+        self.host_free += req.host_blocks
+        req.host_blocks = 0
 
     # ------------------------------------------------------------------ prefix caching
     def _max_hit_blocks(self, req: Request) -> int:
@@ -251,6 +304,7 @@ class BlockManager:
         free-but-cached entries are checked by count only: a cache kept for a whole trace can
         hold millions of entries, and the simulator checks every thousand steps.
         """
+        holders = list(holders)
         private = 0
         owners: Counter[tuple] = Counter()
         bs = self.block_size
@@ -269,6 +323,7 @@ class BlockManager:
                 if len(set(keys)) != c:
                     raise KVCapacityError(f"request {r.id}: a block twice in its table")
                 owners.update(keys)
+        self._check_host(holders)
         refs, lru = self._refs, self._lru
         if full is None:
             full = len(refs) <= FULL_CHECK_ENTRIES
@@ -303,6 +358,22 @@ class BlockManager:
         if zero != len(lru):
             raise KVCapacityError("the evictable list holds blocks that are not cached")
         self._check_totals(private, live)
+
+    def _check_host(self, holders: Iterable[Request]) -> None:
+        bs = self.block_size
+        held = 0
+        for r in holders:
+            h = r.host_blocks
+            held += h
+            if r.blocks > 0 and not 0 <= h <= r.computed // bs:
+                raise KVCapacityError(f"request {r.id}: {h} host blocks while on device with "
+                                      f"{r.computed // bs} full blocks")
+            if r.blocks == 0 and h and h != -(-r.computed // bs):
+                raise KVCapacityError(f"request {r.id}: offloaded with {h} host blocks for "
+                                      f"{r.computed} computed tokens")
+        if held != self.host_total - self.host_free or not 0 <= self.host_free <= self.host_total:
+            raise KVCapacityError(f"host KV books unbalanced: held={held} free={self.host_free} "
+                                  f"total={self.host_total}")
 
     def _check_totals(self, private: int, live: int) -> None:
         used = private + live

@@ -101,24 +101,7 @@ class RunningFirstScheduler(BaseScheduler):
             return max(self.running, key=_prio_key)
         return self.running[-1]
 
-    def _drop_preempted(self, out: SchedulerOutput, victims: list[Request]) -> None:
-        """Take just-preempted requests back out of this step's batch (vLLM does the same).
-
-        Scheduling never changes ``computed`` of the requests it keeps, so the batch totals can be
-        recounted from the survivors; preemption is rare, so the O(batch) recount is fine.
-        """
-        gone = {id(v) for v in victims}
-        if not any(id(r) in gone for r in out.reqs):
-            return
-        keep = [(r, q) for r, q in zip(out.reqs, out.num_tokens) if id(r) not in gone]
-        m = self.model
-        out.reqs = [r for r, _ in keep]
-        out.num_tokens = [q for _, q in keep]
-        out.duration = m.c0 + sum(m.seq_time(q, r.computed) for r, q in keep)
-        out.decodes = sum(1 for r, q in keep if q == 1 and r.computed > 0)
-        out.prefill_tokens = sum(q for r, q in keep) - out.decodes
-
-    def schedule(self, now: float) -> SchedulerOutput:
+    def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
         m = self.model
         cap = self.max_num_batched_tokens
@@ -147,7 +130,7 @@ class RunningFirstScheduler(BaseScheduler):
                 n_pre = len(out.preempted)
                 ok = self._allocate_or_preempt(r, q, out, self._victim)
                 if len(out.preempted) > n_pre:
-                    self._drop_preempted(out, out.preempted[n_pre:])
+                    self._remove_from_batch(out, out.preempted[n_pre:])
                 if not ok:
                     break
             self._add(out, r, q, seq_time(q, p))
@@ -155,11 +138,14 @@ class RunningFirstScheduler(BaseScheduler):
             waiting = self.waiting
             pc = self.prefix_active
             kv = self.kv
+            trim = self.mode.copy_budget
             while len(waiting) and len(running) < self.max_num_seqs:
                 budget = cap - out.prefill_tokens - out.decodes
                 if budget <= 0:
                     break
                 r = waiting.peek()
+                if trim and not r.blocks and r.host_blocks:
+                    self._trim_reload(r)  # copy budget: reload what hides, recompute the rest
                 # prefix cache: a cached prompt prefix counts as computed before the chunk is
                 # sized; its blocks are taken only if the rest of the chunk fits too
                 if pc and r.prefix is not None and not r.blocks and not r.computed:
@@ -180,7 +166,7 @@ class RunningFirstScheduler(BaseScheduler):
             # vLLM then runs no model step and schedules again at once (its preemption freed
             # KV); do the same, so a caller never sees an empty step from an engine with work.
             # Terminates: every pass preempts a running request.
-            again = self.schedule(now)
+            again = self._schedule(now)
             again.preempted[:0] = out.preempted
             return again
         return out

@@ -92,7 +92,7 @@ class SlideBounded(SlideBatching):
         return self.late_share * min(1.0, max(lateness, 0.0) /
                                      (self.late_horizon * oldest.ttft_slo))
 
-    def schedule(self, now: float) -> SchedulerOutput:
+    def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
         t = self.table
         if len(t) == 0:

@@ -70,6 +70,8 @@ class EmulatorConfig:
     policy_args: dict[str, Any] = field(default_factory=dict)
     profile: str = "llama3.1-8b@h100"
     kv_blocks: int | None = None
+    preemption: str = "recompute"  # engine/offload.py: recompute | offload-sync | ... | full
+    host_kv_blocks: str | None = None  # host KV for offloads: blocks or "4x" (default 4x)
     classes: str | None = None
     field_limits: str | None = None  # FieldLimits spec for vllm_xargs weight/SLOs
     max_model_len: int = 8192
@@ -89,7 +91,9 @@ class EmulatedEngine:
         self.model = model
         self.classes: list[PriorityClass] = parse_classes(cfg.classes)
         self.limits = FieldLimits.parse(cfg.field_limits)
-        self.scheduler = make_scheduler(cfg.policy, model, **cfg.policy_args)
+        self.scheduler = make_scheduler(cfg.policy, model, **{
+            "preemption": cfg.preemption, "host_kv_blocks": cfg.host_kv_blocks,
+            **cfg.policy_args})
         self.loop = EngineLoop(self.scheduler, time_scale=cfg.time_scale, on_step=self._on_step)
         self.registry = CollectorRegistry()
         lab = ["model_name"]
@@ -121,6 +125,27 @@ class EmulatedEngine:
                                     lab, registry=reg).labels(name)
         self.m_pc_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits (tokens)", lab,
                                  registry=reg).labels(name)
+        # ours: preemptions by mode and KV moved between device and host (engine/offload.py),
+        # read from the scheduler's counters at scrape time
+        sch = self.scheduler
+        pre = Gauge("proserve_engine_preemptions", "Preemptions by what happened to the KV", lab + [
+            "mode"], registry=reg)
+        pre.labels(name, "offload").set_function(lambda: sch.preempt_offload)
+        pre.labels(name, "recompute").set_function(lambda: sch.preempt_recompute)
+        blk = Gauge("proserve_engine_kv_blocks_copied", "KV blocks copied (out: device->host on "
+                    "preemption, in: reloads, backup: eager backups)", lab + ["direction"],
+                    registry=reg)
+        blk.labels(name, "out").set_function(lambda: sch.blocks_out)
+        blk.labels(name, "in").set_function(lambda: sch.blocks_in)
+        blk.labels(name, "backup").set_function(lambda: sch.backup_blocks)
+        Gauge("proserve_engine_kv_copy_wait_seconds", "Step time spent waiting on KV copies", lab,
+              registry=reg).labels(name).set_function(lambda: sch.copy_wait_s)
+        Gauge("proserve_engine_recomputed_tokens", "Computed KV tokens dropped by preemption "
+              "(to be recomputed)", lab, registry=reg).labels(name).set_function(
+                  lambda: sch.recomputed_tokens)
+        Gauge("proserve_engine_host_kv_usage_perc", "Host KV usage, 1 = full", lab,
+              registry=reg).labels(name).set_function(
+                  lambda: 1 - sch.kv.host_free / sch.kv.host_total if sch.kv.host_total else 0.0)
 
     # ------------------------------------------------------------------ helpers
     def _count(self, status: Status) -> int:

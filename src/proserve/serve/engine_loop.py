@@ -104,13 +104,17 @@ class EngineLoop:
             # Sleep to the step's end measured from its start, so the time spent scheduling and
             # delivering tokens is part of the step, not added to it (the predicted duration is
             # what a real engine's step takes, bookkeeping included).
-            await asyncio.sleep(max(started + out.duration * self.time_scale - self._clock(), 0))
+            # KV copies of offload preemption (engine/offload.py) lengthen the step as they do in
+            # the simulator
+            dur = sched.step_seconds(out.duration, out) if sched.transfer is not None else (
+                out.duration)
+            await asyncio.sleep(max(started + dur * self.time_scale - self._clock(), 0))
             gens = [r.generated for r in out.reqs]
             t = self.now()
             finished = sched.update_from_output(out, t)
             self.steps += 1
             if self.on_step is not None:
-                self.on_step(out.duration, len(out.reqs), len(out.preempted))
+                self.on_step(dur, len(out.reqs), len(out.preempted))
             done = {r.id for r in finished}
             for r, g0 in zip(out.reqs, gens):
                 if r.generated > g0:

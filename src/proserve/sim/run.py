@@ -18,6 +18,7 @@ from ..cluster.base import make_router, router_spec
 from ..core.classes import parse_classes
 from ..core.metrics import clean_floats, summarize
 from ..engine.base import make_scheduler, policy_spec, vllm_batch_defaults
+from ..engine.offload import host_blocks_for, preemption_mode
 from ..latency.model import LatencyModel
 from ..latency.profiles import load_profile
 from ..workload import make_workload
@@ -63,6 +64,10 @@ class SimConfig(BaseModel):
     # (traces without their own prefix ids; Mooncake's hash_ids are always used)
     shared_prefix_tokens: int = Field(default=0, ge=0)
     prefix_caching: bool = True  # vLLM's default; acts only on requests with prefix identity
+    # --- preemption (engine/offload.py): recompute | offload-sync | offload-async | full ... ---
+    preemption: str = "recompute"
+    # host KV capacity: a block count or "<factor>x" of the device blocks (None: 4x if offloading)
+    host_kv_blocks: str | None = None
     # Fixed per-request latency outside the engine (API server, network). None: the profile's
     # measured ``request_overhead_s`` (profiles from `proserve profile --server`), else 0.
     request_overhead_ms: float | None = Field(default=None, ge=0)
@@ -101,6 +106,20 @@ class SimConfig(BaseModel):
         if v not in ("colocated", "disaggregated"):
             raise ValueError("mode must be 'colocated' or 'disaggregated'")
         return v
+
+    @field_validator("preemption")
+    @classmethod
+    def _preemption(cls, v: str) -> str:
+        preemption_mode(v)  # raises with the list of modes
+        return v
+
+    @field_validator("host_kv_blocks", mode="before")
+    @classmethod
+    def _host(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        host_blocks_for(str(v), 1, preemption_mode("full"))  # raises naming the problem
+        return str(v)
 
     @field_validator("router")
     @classmethod
@@ -232,6 +251,22 @@ def _caps(engine, model: LatencyModel) -> dict[str, Any]:
             "max_num_seqs": engine.max_num_seqs, "defaults_source": vllm_batch_defaults(model)[2]}
 
 
+def kv_totals(engines) -> dict[str, Any]:
+    """Preemptions by mode and KV moved, summed over the instances (engine/offload.py)."""
+    tot: dict[str, Any] = {}
+    for e in engines:
+        for k, v in e.preemption_stats().items():
+            if isinstance(v, str):
+                tot[k] = v
+            else:
+                tot[k] = tot.get(k, 0) + v
+    if engines:
+        tm = engines[0].transfer
+        tot["transfer_model"] = None if tm is None else {
+            "s_per_block": tm.s_per_block, "s_per_copy": tm.s_per_copy, "source": tm.source}
+    return tot
+
+
 def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     """Build the workload and engines, simulate, and summarise.
 
@@ -244,7 +279,9 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
     reqs, wl_info = build_workload(cfg, model)
     def engines(n: int) -> list:
         return [make_scheduler(cfg.policy, model,
-                               **{"prefix_caching": cfg.prefix_caching, **cfg.policy_args})
+                               **{"prefix_caching": cfg.prefix_caching,
+                                  "preemption": cfg.preemption,
+                                  "host_kv_blocks": cfg.host_kv_blocks, **cfg.policy_args})
                 for _ in range(n)]
 
     disagg = cfg.mode == "disaggregated"
@@ -309,13 +346,15 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "per_class": summary["per_class"],
         "server_seconds": fleet["server_seconds"],
         "fleet": fleet,
+        "kv": kv_totals(res.engines),
         "steps": res.steps,
         "drained": res.drained,
         "sim_end_s": res.end_time,
         "per_instance": [
             {"instance": k, "role": roles[k], "utilisation": b / span,
              "finished": e.num_finished, "preemptions": e.num_preemptions,
-             "prefix_hit_tokens": e.kv.hit_tokens, "prefix_evictions": e.kv.evictions}
+             "prefix_hit_tokens": e.kv.hit_tokens, "prefix_evictions": e.kv.evictions,
+             **e.preemption_stats()}
             for k, (e, b) in enumerate(zip(res.engines, res.busy_time))
         ],
         "workload": wl_info,

@@ -208,6 +208,8 @@ def simulate(
                 )
             return
         dur = out.duration if step_time is None else step_time(k, out)
+        if getattr(eng, "transfer", None) is not None:  # KV copies of offload preemption
+            dur = eng.step_seconds(dur, out)
         if not dur > 0 or math.isinf(dur):
             raise SimulationError(f"instance {k}: invalid step duration {dur}")
         kv = eng.kv
