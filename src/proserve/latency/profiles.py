@@ -20,6 +20,8 @@ YAML layout (JSON with the same keys is accepted too)::
     model: {...}          # ModelConfig fields (optional)
     gpu: {...}            # GPUSpec fields (optional)
     efficiency: {...}     # Efficiency fields (optional)
+    transfer: {s_per_block: ..., s_per_copy: ..., provenance: ...}   # KV copy time (optional;
+                          # latency/transfer.py derives it from model + gpu when absent)
     fit_error: {mape: ..., p90_ape: ..., n: ...}
     provenance: |
       multi-line text

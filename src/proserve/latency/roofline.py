@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proserve.latency.model import LatencyModel, ProfilePoint, fit_error
+from proserve.latency.transfer import transfer_section
 
 Dtype = Literal["bf16", "fp16", "fp8", "fp32"]
 
@@ -216,6 +217,9 @@ class GPUSpec(BaseModel):
     count: int = Field(default=1, gt=0, description="tensor-parallel degree")
     interconnect_bandwidth: float = Field(
         default=450e9, gt=0, description="GPU-to-GPU bytes/s per direction (NVLink)")
+    host_link_bandwidth: float = Field(
+        default=64e9, gt=0, description="GPU-host bytes/s per direction per GPU (PCIe Gen5 x16: "
+        "64 GB/s nominal); sizes KV offload copies (engine/offload.py)")
 
     def flops_for(self, dtype: str) -> float:
         """Peak dense FLOP/s per GPU for GEMMs in ``dtype``."""
@@ -477,6 +481,7 @@ def build_profile(
             "kv_bytes_per_token": cfg.kv_bytes_per_token(1),
             "params": cfg.param_count(),
         },
+        "transfer": transfer_section(cfg.kv_bytes_per_token(1), gpu.model_dump(), block_size),
         "fit_error": fit_error(model, pts),
         "sanity": sanity_numbers(cfg, gpu, model, eff),
     }
