@@ -81,6 +81,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..cluster.admission import ClassAdmission, Decision, decide
 from ..cluster.base import NoHealthyInstance, Placement, make_router
 from ..cluster.polyserve import PolyServe
+from ..cluster.prefix_index import PrefixIndex
 from ..cluster.view import InstanceView, predicted_ttft
 from ..core.classes import PriorityClass
 from ..core.request import Request, Status
@@ -104,6 +105,7 @@ from .openai import (
     models_list_response,
     openai_app,
     parse_body,
+    prompt_prefix,
     prompt_tokens,
 )
 from .tenant_limits import Lease, Refusal, TokenBucket, make_limiter
@@ -134,6 +136,9 @@ class Backend:
     # the view's ``load.received``, so a router placing several requests in one call sees its
     # own earlier placements. -1: not tracked (routers asked once per request).
     received: int = -1
+    # prompt blocks this worker sent here, assumed cached (llm-d's approximate prefix index):
+    # what routers read as the backend's cached prefix (cluster/prefix_index.py)
+    prefix: PrefixIndex | None = None
 
     @property
     def routable(self) -> bool:
@@ -179,7 +184,14 @@ class Backend:
             dgen += [mgen] * run_extra
         load = EngineLoad(prefill, decodes, ctx, max(m.kv_blocks - used, 0), m.kv_blocks,
                           received=self.received, decode_ctx=dctx, decode_gen=dgen)
-        return InstanceView(self.index, self.kind, m, now, load, healthy=self.routable)
+        return InstanceView(self.index, self.kind, m, now, load, healthy=self.routable,
+                            prefix_lookup=self.prefix.lookup if self.prefix is not None else None)
+
+    def eject(self) -> None:
+        """Stop routing here until a probe succeeds; its cache is presumed lost."""
+        self.healthy = False
+        if self.prefix is not None:
+            self.prefix.clear()
 
 
 class ModelPool:
@@ -215,7 +227,8 @@ class ModelPool:
         model = load_profile(b.profile)
         if b.kv_blocks:
             model = model.with_kv_blocks(b.kv_blocks)
-        return Backend(index, b.url.rstrip("/"), b.kind, model)
+        return Backend(index, b.url.rstrip("/"), b.kind, model,
+                       prefix=PrefixIndex(model.kv_blocks, model.block_size))
 
     def now(self) -> float:
         return self.gw.now()
@@ -280,7 +293,8 @@ class ModelPool:
                 except NoHealthyInstance:
                     return _no_backend(self.name)
                 b = self.backends[view.index]
-                predicted = predicted_ttft(view, r.prompt_len, r.weight)
+                predicted = predicted_ttft(view, r.prompt_len, r.weight,
+                                           cached=view.cached_tokens(r))
                 waited = clock() - start
                 d = decide(r, predicted, now, waited, rule)
                 if d is Decision.ADMIT:
@@ -417,7 +431,7 @@ class ModelPool:
     def _backend_failed(self, b: Backend) -> None:
         b.failures += 1
         if b.failures >= self.gw.cfg.health.failures_to_eject:
-            b.healthy = False
+            b.eject()
         self._capacity.set()
 
     def _backend_back(self) -> None:
@@ -721,7 +735,8 @@ class Gateway:
         slos = cls.slos(m0, p, n_out)
         req = Request(id=self._ids, arrival=self.now(), prompt_len=p, output_len=n_out,
                       ttft_slo=slos[0], tpot_slo=slos[1],
-                      weight=cls.weight, priority=cls.rank, cls=cls.name, tenant=tenant.name)
+                      weight=cls.weight, priority=cls.rank, cls=cls.name, tenant=tenant.name,
+                      prefix=prompt_prefix(body, m0.block_size))
         raw = body.model_dump(exclude_none=True, by_alias=True)
         try:
             resp = await self._forward(request, pool, req, raw, path, body.stream)
@@ -784,6 +799,8 @@ class Gateway:
                 return b
             tried.add(b.index)
             b.inflight[r.id] = r
+            if b.prefix is not None:
+                b.prefix.record(r)
             try:
                 up = await self.session.post(
                     b.url + path, json=self._upstream_body(pool, b, r, raw),
@@ -894,7 +911,7 @@ class Gateway:
         else:
             b.failures += 1
             if b.failures >= h.failures_to_eject:
-                b.healthy = False
+                b.eject()
 
     async def _health_loop(self) -> None:
         while True:

@@ -240,7 +240,8 @@ def simulate(
             view = router.choose(r, views.get(t), t)  # type: ignore[union-attr]
             k = view.index
         rule = admission(r)  # type: ignore[misc]
-        d = decide(r, predicted_ttft(view, r.prompt_len, r.weight), t, t - since, rule)
+        pred = predicted_ttft(view, r.prompt_len, r.weight, cached=view.cached_tokens(r))
+        d = decide(r, pred, t, t - since, rule)
         if d is Decision.WAIT:
             if r.id not in waiting:
                 waiting[r.id] = (r, since)
