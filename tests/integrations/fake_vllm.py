@@ -279,6 +279,10 @@ class AsyncScheduler:
         self.kv_cache_manager = KVCacheManager(num_gpu_blocks, block_size)
         self.finished_req_ids: set[str] = set()
         self.deferred_free: set[str] = set()  # ids whose blocks a KV connector still holds
+        # vLLM's Scheduler: its KV connector (None, or e.g. the OffloadingConnector that
+        # --kv-offloading-size builds) and the engine config it came from
+        self.connector: object | None = None
+        self.vllm_config: object | None = None
         self.at_entry: Entry | None = None
         self.outputs: list[SchedulerOutput] = []
         self._token = itertools.count(1000)

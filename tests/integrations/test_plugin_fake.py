@@ -543,3 +543,41 @@ def test_fake_modules_are_removed_afterwards() -> None:
         assert issubclass(mod.ProServeScheduler, fake_vllm.AsyncScheduler)
         assert issubclass(sys.modules[fake_vllm.QUEUE].RankedWaitingQueue, fake_vllm.RequestQueue)
     assert vllm_modules() == before
+
+
+def _with_connector(monkeypatch, plugin, name: str | None, extra: dict | None = None) -> None:
+    """Make the fake vLLM scheduler come up with a KV connector of class ``name``, as vLLM does
+    when started with --kv-offloading-size (its kv_transfer_config's extra config ``extra``)."""
+    import types
+
+    base = plugin.AsyncScheduler
+    orig = base.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        self.connector = type(name, (), {})() if name else None
+        self.vllm_config = types.SimpleNamespace(kv_transfer_config=types.SimpleNamespace(
+            kv_connector_extra_config=extra or {}))
+    monkeypatch.setattr(base, "__init__", init)
+
+
+def test_plugin_uses_vllms_cpu_kv_offloading_when_present(mk, plugin, monkeypatch, caplog) -> None:
+    _with_connector(monkeypatch, plugin, "OffloadingConnector")
+    with caplog.at_level("WARNING"):
+        s = mk()
+    assert s.kv_offload == {"mode": "auto", "connector": "OffloadingConnector", "active": True,
+                            "prompt_only": True}
+    assert "offload_prompt_only" in caplog.text  # generated tokens would be recomputed: said
+    _with_connector(monkeypatch, plugin, "OffloadingConnector", {"offload_prompt_only": False})
+    assert mk(kv_offload="require").kv_offload["prompt_only"] is False
+
+
+def test_plugin_kv_offload_require_fails_fast_without_it(mk, plugin, monkeypatch) -> None:
+    assert mk().kv_offload["active"] is False  # auto, no connector: nothing to use
+    with pytest.raises(ValueError, match="--kv-offloading-size"):
+        mk(kv_offload="require")
+    _with_connector(monkeypatch, plugin, "NixlConnector")  # a connector, but not offloading
+    with pytest.raises(ValueError, match="connector: NixlConnector"):
+        mk(kv_offload="require")
+    with pytest.raises(ValueError, match="kv_offload must be"):
+        mk(kv_offload="sometimes")

