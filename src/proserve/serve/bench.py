@@ -60,6 +60,42 @@ def unique_ids(rid: int, n: int) -> list[int]:
     return head + [1] * (n - len(head))
 
 
+def prompt_token_ids(r: Request) -> list[int]:
+    """The token-id prompt sent for ``r``: its prefix identity spelled out, then unique tokens.
+
+    A request with a :class:`~proserve.core.request.Prefix` (Mooncake ``hash_ids``, a tenant's
+    ``--shared-prefix`` system prompt) gets, for each of its keyed chunks, ``block`` tokens
+    derived from that chunk's id alone (blake2b of the id, tokens 10..999). Ids are prefix
+    chained, so two requests' token lists agree exactly on the chunks their ids share and differ
+    from the first chunk they do not: an engine that caches prefixes by block hash (vLLM) then
+    hits exactly what the simulator's block manager hits for the same requests, as long as the
+    chunk size is a multiple of the engine's block size. The rest of the prompt is unique to the
+    request (:func:`unique_ids`' scheme, shifted to start after the prefix).
+    """
+    import hashlib
+
+    p = r.prefix
+    if p is None:
+        return unique_ids(r.id, r.prompt_len)
+    out: list[int] = []
+    for cid in p.ids:
+        if len(out) >= r.prompt_len:
+            break
+        seed = hashlib.blake2b(repr(cid).encode(), digest_size=16).digest()
+        n = min(p.block, r.prompt_len - len(out))
+        chunk: list[int] = []
+        k = 0
+        while len(chunk) < n:  # 16 bytes per digest: 16 tokens, then the digest re-hashed
+            chunk += [10 + (b * 7 + k) % 990 for b in seed][: n - len(chunk)]
+            seed = hashlib.blake2b(seed, digest_size=16).digest()
+            k += 1
+        out += chunk
+    rest = r.prompt_len - len(out)
+    if rest > 0:
+        out += unique_ids(r.id, rest)
+    return out
+
+
 async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0: float,
                outcome: _Outcome) -> None:
     body: dict[str, Any] = {"model": cfg.model, "max_tokens": r.output_len, "stream": True,
@@ -68,7 +104,7 @@ async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0:
         body["messages"] = [{"role": "user",
                              "content": f"{r.id} " + "hi " * max(r.prompt_len - 5, 0)}]
     elif cfg.prompt_format == "ids":
-        body["prompt"] = unique_ids(r.id, r.prompt_len)
+        body["prompt"] = prompt_token_ids(r)
         body["return_token_ids"] = True  # vLLM without a tokenizer streams ids, not text
     else:
         body["prompt"] = f"{r.id} " + "hi " * max(r.prompt_len - 1, 0)
