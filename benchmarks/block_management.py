@@ -25,6 +25,8 @@ Run:  python benchmarks/block_management.py                       (~2 min on 2 c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -116,8 +118,13 @@ def main() -> None:
                 ratio = m / f if f > 1e-9 else (1.0 if m < 1e-9 else float("inf"))
                 row.append(f"{ratio:.2f}x ({100 * by[(t, rate, lab)]['tdg']:.1f}%)")
             rows.append(row)
-        table(["mode"] + [f"{r:g} req/s" for r in rates], rows)
+        hdr = ["mode"] + [f"{r:g} req/s" for r in rates]
+        table(hdr, rows)
         print()
+        txt = a.out.with_name(f"{a.out.stem}_{t}.txt")
+        with contextlib.redirect_stdout(io.StringIO()) as buf:
+            table(hdr, rows)
+        txt.write_text(buf.getvalue())
         print(f"{t}: preemptions offloaded/recomputed, blocks out/in/backed up, reloads trimmed, "
               "copy wait s, TTFT p99 s (means over the seeds)")
         rows = []
@@ -136,7 +143,7 @@ def main() -> None:
     a.out.write_text(json.dumps({"kv_blocks": a.kv_blocks, "duration": a.duration,
                                  "seeds": seeds, "classes": CLASSES, "results": res},
                                 indent=1) + "\n")
-    print(f"wrote {a.out}")
+    print(f"wrote {a.out} and its per-trace tables ({a.out.stem}_<trace>.txt)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ Run:  python benchmarks/prefix_vllm.py            (~4 min)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import socket
@@ -86,8 +88,12 @@ def main() -> None:
         finally:
             stop_all([proc])
     print()
-    table(["workload", "requests", "offline", "simulated", "vLLM", "sim - vLLM (points)",
-           "vLLM finished"], rows)
+    hdr = ["workload", "requests", "offline", "simulated", "vLLM", "sim - vLLM (points)",
+           "vLLM finished"]
+    table(hdr, rows)
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        table(hdr, rows)
+    a.out.with_suffix(".txt").write_text(buf.getvalue())
     a.out.write_text(json.dumps({"count": a.count, "rate": a.rate, "seed": a.seed,
                                  "results": raw}, indent=1) + "\n")
     print(f"\nwrote {a.out}; load {loadavg()}")

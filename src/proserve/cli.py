@@ -210,6 +210,15 @@ def simulate(
                   f"simulated {res['sim_end_s']:.1f}s in {res['sim_wall_s']:.2f}s wall"
                   + ("" if res["drained"] else f"; {res['unfinished']} unfinished at drain end")
                   + (f"; achieved rate {w.get('rate', 0):.2f} req/s" if w.get("rate") else ""))
+        k = res.get("kv") or {}
+        if res.get("preemptions") or k.get("preemption_mode", "recompute") != "recompute":
+            err.print(f"preemption {k.get('preemption_mode')}: "
+                      f"{k.get('preemptions_offload', 0)} offloaded, "
+                      f"{k.get('preemptions_recompute', 0)} recomputed "
+                      f"({k.get('recomputed_tokens', 0)} tokens); KV blocks "
+                      f"{k.get('blocks_offloaded', 0)} out / {k.get('blocks_reloaded', 0)} in / "
+                      f"{k.get('blocks_backed_up', 0)} backed up; steps waited "
+                      f"{k.get('copy_wait_s', 0.0):.2f} s on copies")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")

@@ -191,3 +191,20 @@ def test_servegen_tenants_mapped_to_classes(tmp_path: Path) -> None:
     res = invoke("simulate", "--trace", "servegen-m-small", "--rate", "5", "--duration", "10",
                  "--tenant-classes", "client-1", "--quiet")
     assert res.exit_code == 2 and "tenant rule" in res.output
+
+
+def test_preemption_mode_flags_report_the_kv_moved(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    res = invoke("simulate", "--trace", "azure-conv", "--rate", "12", "--duration", "20",
+                 "--kv-blocks", "3000", "--policy", "slide", "--preemption", "full",
+                 "--host-kv-blocks", "2x", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "preemption full:" in res.output and "offloaded" in res.output
+    kv = json.loads(out.read_text())["kv"]
+    assert kv["preemption_mode"] == "full" and kv["host_kv_blocks"] == 6000
+    assert kv["preemptions_offload"] > 0
+    bad = invoke("simulate", "--trace", "azure-conv", "--count", "5", "--preemption", "swap")
+    assert bad.exit_code != 0 and "unknown preemption mode 'swap'" in bad.output
+    bad = invoke("simulate", "--trace", "azure-conv", "--count", "5", "--preemption", "full",
+                 "--host-kv-blocks", "lots")
+    assert bad.exit_code != 0 and "bad host KV size" in bad.output

@@ -19,8 +19,11 @@ from ..sim.run import SimConfig, run
 CSV_FIELDS = [
     "policy", "router", "instances", "rate", "requests", "finished", "unfinished", "rejected",
     "tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99",
-    "e2e_p99", "max_wait_s", "preemptions", "sim_wall_s",
+    "e2e_p99", "max_wait_s", "preemptions", "prefix_hit_rate", "sim_wall_s",
 ]
+# KV block management (results' "kv" section, engine/offload.py), one column each
+KV_FIELDS = ["preemption_mode", "preemptions_offload", "preemptions_recompute",
+             "recomputed_tokens", "blocks_offloaded", "blocks_reloaded", "copy_wait_s"]
 PER_CLASS = ("tdg_ratio", "slo_attainment", "ttft_p99", "max_wait_s", "rejected")
 
 
@@ -85,9 +88,10 @@ def write_csv(results: Sequence[dict], path: Path) -> None:
     extra = per_class_fields(results)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_FIELDS + extra)
+        w.writerow(CSV_FIELDS + KV_FIELDS + extra)
         for r in results:
             row: list[Any] = [r["config"]["rate"] if k == "rate" else r.get(k) for k in CSV_FIELDS]
+            row += [r.get("kv", {}).get(k) for k in KV_FIELDS]
             for name in extra:
                 cls, _, metric = name.partition("_")
                 # class names may contain '_': split on the known metric suffixes instead
