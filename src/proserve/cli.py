@@ -113,6 +113,7 @@ ArrOpt = typer.Option("poisson", "--arrival", help="Arrivals for length-only tra
 CvOpt = typer.Option(1.0, "--cv", help="Coefficient of variation of gamma inter-arrival times.")
 SynthOpt = typer.Option(False, "--synthetic-arrivals", help="Timestamped traces: keep only their lengths and draw --arrival (Poisson) arrivals at --rate, as PolyServe's evaluation does.")
 SharedPrefixOpt = typer.Option(0, "--shared-prefix", help="Every request of a tenant (its class, if the trace has none) starts with the same system prompt of this many tokens (prompt lengths unchanged); for traces without prefix ids (Mooncake's hash_ids are always used).")
+MultiTurnOpt = typer.Option(0, "--multi-turn", help="Deal the requests into sessions of this many turns whose prompts resend the conversation so far (each trace request is one turn's new message and reply); for traces without prefix ids.")
 PrefixCacheOpt = typer.Option(True, "--prefix-caching/--no-prefix-caching", help="vLLM-style prefix caching of prompt blocks (on by default, as in vLLM); acts only on requests with prefix identity.")
 PreemptOpt = typer.Option("recompute", "--preemption", help="What happens to a preempted request's KV: recompute (vLLM today) | offload-sync | offload-async | full (ProServe: async offload, pipelined reload, adaptive copy budget, eager backup) | full-nobudget | full-nobackup.")
 HostKvOpt = typer.Option(None, "--host-kv-blocks", help="Host memory for offloaded KV: a block count or a factor of the device blocks ('4x', the default when offloading).")
@@ -146,6 +147,7 @@ def simulate(
     cv: float = CvOpt,
     synthetic_arrivals: bool = SynthOpt,
     shared_prefix: int = SharedPrefixOpt,
+    multi_turn: int = MultiTurnOpt,
     prefix_caching: bool = PrefixCacheOpt,
     preemption: str = PreemptOpt,
     host_kv_blocks: str | None = HostKvOpt,
@@ -181,7 +183,8 @@ def simulate(
         policy_args=_policy_args(policy_arg), profile=profile, seed=seed, classes=classes,
         kv_blocks=kv_blocks, arrival=arrival, cv=cv, drain_s=drain, instances=instances,
         synthetic_arrivals=synthetic_arrivals,
-        shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
+        shared_prefix_tokens=shared_prefix, multi_turn=multi_turn,
+        prefix_caching=prefix_caching,
         preemption=preemption, host_kv_blocks=host_kv_blocks,
         w_p=w_p, w_d=w_d, tenant_classes=tenant_classes, router=router,
         router_args=_policy_args(router_arg, "--router-arg"), view_interval_ms=view_interval,
@@ -242,6 +245,7 @@ def compare(
     cv: float = CvOpt,
     synthetic_arrivals: bool = SynthOpt,
     shared_prefix: int = SharedPrefixOpt,
+    multi_turn: int = MultiTurnOpt,
     prefix_caching: bool = PrefixCacheOpt,
     preemption: str = PreemptOpt,
     host_kv_blocks: str | None = HostKvOpt,
@@ -272,7 +276,8 @@ def compare(
     base = _config(trace=trace, duration=duration, count=count, policy=pols[0], profile=profile,
                    seed=seed, classes=classes, kv_blocks=kv_blocks, arrival=arrival, cv=cv,
                    synthetic_arrivals=synthetic_arrivals,
-                   shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
+                   shared_prefix_tokens=shared_prefix, multi_turn=multi_turn,
+        prefix_caching=prefix_caching,
         preemption=preemption, host_kv_blocks=host_kv_blocks,
                    drain_s=drain, instances=instances, rate=rate_list[0],
                    tenant_classes=tenant_classes, view_interval_ms=view_interval, mode=mode,
@@ -324,6 +329,7 @@ def goodput(
     arrival: str = ArrOpt,
     synthetic_arrivals: bool = SynthOpt,
     shared_prefix: int = SharedPrefixOpt,
+    multi_turn: int = MultiTurnOpt,
     prefix_caching: bool = PrefixCacheOpt,
     preemption: str = PreemptOpt,
     host_kv_blocks: str | None = HostKvOpt,
@@ -345,7 +351,8 @@ def goodput(
                    decode_instances=decode_instances, profile=profile, classes=classes, seed=seed,
                    arrival=arrival, latency_noise=latency_noise, rate=guess or float(max(n, 1)),
                    synthetic_arrivals=synthetic_arrivals,
-                   shared_prefix_tokens=shared_prefix, prefix_caching=prefix_caching,
+                   shared_prefix_tokens=shared_prefix, multi_turn=multi_turn,
+        prefix_caching=prefix_caching,
                    preemption=preemption, host_kv_blocks=host_kv_blocks)
     if not 0 < threshold <= 1 or rel_tol <= 0:
         _fail("--threshold must be in (0, 1] and --rel-tol positive")

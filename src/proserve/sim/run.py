@@ -63,6 +63,8 @@ class SimConfig(BaseModel):
     # every request of a tenant (class) starts with the same system prompt of this many tokens
     # (traces without their own prefix ids; Mooncake's hash_ids are always used)
     shared_prefix_tokens: int = Field(default=0, ge=0)
+    # K-turn sessions whose prompts carry their history (workload/sessions.py); 0: none
+    multi_turn: int = Field(default=0, ge=0)
     prefix_caching: bool = True  # vLLM's default; acts only on requests with prefix identity
     # --- preemption (engine/offload.py): recompute | offload-sync | offload-async | full ... ---
     preemption: str = "recompute"
@@ -228,6 +230,7 @@ def build_workload(cfg: SimConfig, model: LatencyModel):
         model=model, seed=cfg.seed, arrival=cfg.arrival, cv=cfg.cv,
         max_model_len=cfg.max_model_len, tenant_classes=parse_tenant_classes(cfg.tenant_classes),
         synthetic_arrivals=cfg.synthetic_arrivals, shared_prefix_tokens=cfg.shared_prefix_tokens,
+        multi_turn=cfg.multi_turn,
     )
 
 

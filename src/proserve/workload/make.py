@@ -41,6 +41,7 @@ from proserve.workload.arrivals import gamma_arrivals, poisson_arrivals, rescale
 from proserve.workload.assign import build_requests
 from proserve.workload.builtin import BUILTINS, builtin_path
 from proserve.workload.servegen import ServeGenData
+from proserve.workload.sessions import multi_turn as multi_turn_sessions
 from proserve.workload.traces import Trace, TraceError, load_file, sniff_format
 
 
@@ -123,7 +124,7 @@ def make_workload(
     model: LatencyModel, seed: int, arrival: str = "poisson", cv: float = 1.0,
     max_model_len: int | None = None, start: float = 0.0,
     tenant_classes: Mapping[str, str] | str | None = None, synthetic_arrivals: bool = False,
-    shared_prefix_tokens: int = 0,
+    shared_prefix_tokens: int = 0, multi_turn: int = 0,
 ) -> tuple[list[Request], dict[str, Any]]:
     """Build the workload the CLI asks for; returns the requests and a JSON-ready description.
 
@@ -135,6 +136,8 @@ def make_workload(
     at ``rate`` as for a length-only trace (PolyServe's setup: Mooncake lengths, Poisson).
     ``shared_prefix_tokens``: every request of a tenant starts with the same system prompt of
     that many tokens (prompt lengths unchanged; for traces without prefix ids).
+    ``multi_turn = K``: the requests become K-turn sessions whose prompts carry their history
+    (:mod:`proserve.workload.sessions`; prompt lengths grow by the history).
     """
     _positive("rate", rate)
     _positive("duration", duration)
@@ -146,6 +149,11 @@ def make_workload(
         raise ValueError(f"arrival must be 'poisson' or 'gamma', got {arrival!r}")
     if shared_prefix_tokens < 0:
         raise ValueError(f"shared_prefix_tokens must be >= 0, got {shared_prefix_tokens}")
+    if multi_turn < 0:
+        raise ValueError(f"multi_turn must be >= 0, got {multi_turn}")
+    if multi_turn and shared_prefix_tokens:
+        raise ValueError("choose one prefix generator: multi_turn sessions or a shared system "
+                         "prompt (shared_prefix_tokens)")
     if arrival == "poisson" and cv != 1.0:
         raise ValueError("cv applies to gamma arrivals; use arrival='gamma' (cv=1 is Poisson)")
     cls_list = (parse_classes(classes) if classes is None or isinstance(classes, str)
@@ -199,6 +207,8 @@ def make_workload(
         raise ValueError(f"workload from {name!r} is empty: duration/count/start select no "
                          "requests")
 
+    if multi_turn:
+        tr = multi_turn_sessions(tr, multi_turn, max_model_len=max_model_len)
     stats: dict[str, Any] = {}
     reqs = build_requests(tr, cls_list, model, rng, tenant_classes=tenant_classes,
                           max_model_len=max_model_len, stats=stats,
@@ -232,7 +242,8 @@ def make_workload(
         "mean_prompt_len": float(np.mean([r.prompt_len for r in reqs])),
         "mean_output_len": float(np.mean([r.output_len for r in reqs])),
         # prefix identity for prefix caching: the trace's own ids, a shared system prompt, none
-        "prefixes": ("trace hash_ids" if tr.prefix_ids is not None else
+        "prefixes": (f"multi-turn sessions ({multi_turn} turns, {tr.prefix_block}-token chunks)"
+                     if multi_turn else "trace hash_ids" if tr.prefix_ids is not None else
                      f"shared system prompt per tenant ({shared_prefix_tokens} tokens)"
                      if shared_prefix_tokens else None),
         "loader": {k: v for k, v in tr.meta.items() if k != "source"},
