@@ -114,11 +114,25 @@ def test_go_prefix_aware_false_ignores_the_cache() -> None:
 
 
 def test_go_prefix_does_not_override_a_much_better_gain_elsewhere() -> None:
-    """The cache holder's queue (3 s of urgent work ahead) makes r miss there even cached; an
-    idle uncached instance still meets r's deadline: gain decides, not the cache."""
-    views = [V(0, cached=960, queue=(queued(3000, ttft=3.5),)), V(1)]
+    """The cache holder's queue is heavier work (weight 100) that r cannot overtake: r misses
+    its deadline there, cached or not, while an idle uncached instance meets it. The cache
+    holder is no gain candidate, so the prefix filter does not bring r back to it."""
+    heavy = (3000, 0, 100.0, 0.0, 3.5, 0.1, 0)
+    views = [V(0, cached=960, queue=(heavy,)), V(1)]
     rt = go_router()
     assert rt.choose(R(ttft=1.5), views, 0.0).index == 1
+    assert rt.last_gains[0] < 0.9 * rt.last_gains[1]
+
+
+def test_go_prefix_filter_keeps_r_with_its_cache_among_gain_candidates() -> None:
+    """r can overtake the cache holder's queue (denser: 40 uncached tokens), so its gain there
+    equals the idle instance's. The prefix filter sends it to its cache, although the idle
+    instance would answer sooner; without the filter the light/heavy rule picks the idle one."""
+    views = [V(0, cached=960, queue=(queued(3000, ttft=3.5),)), V(1)]
+    rt = go_router()
+    assert rt.choose(R(ttft=1.5), views, 0.0).index == 0
+    assert rt.last_gains[0] >= 0.9 * rt.last_gains[1]
+    assert go_router(prefix_filter=False).choose(R(ttft=1.5), views, 0.0).index == 1
 
 
 # ------------------------------------------------------------------ prefix-affinity

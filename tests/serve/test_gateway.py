@@ -244,7 +244,7 @@ def test_failure_mid_stream_ends_with_sse_error_event() -> None:
             assert chunks[0]["choices"][0]["text"] == " token"
             assert chunks[-2]["error"]["code"] == "backend_failed" and chunks[-1] == "[DONE]"
             text = await (await c.get("/metrics")).text()
-            assert "proserve_stream_errors_total" in text and 'code="200"' in text
+            assert "proserve_stream_errors_total" in text and 'code="stream_error"' in text
         finally:
             await c.close()
             await s.close()

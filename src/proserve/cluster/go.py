@@ -47,17 +47,17 @@ predicted first token counting r's own uncached prefill. On the first 1,500 requ
 mooncake-synthetic at 14 req/s (8 instances, trace timestamps) packing first with the cache only
 as a tie-break hit 3.0% of prompt tokens and earned TDG 0.982; cache first, 6.5% and 0.992.
 
-**Prefix filter** (``prefix_filter=True``, the default with ``prefix_aware``; ours): before the
-gain, when some candidate (after the fits filter) caches at least one block of r's prompt, only
-the candidates caching the most of it stay. Why: a cached prefix is capacity, not only r's
-latency. Recomputing a long shared prefix elsewhere costs the fleet that prefill; GoRouting's gain
-and TTFT estimates see r's own deadline and the queue it joins, not the capacity lost to later
-requests. Measured on the whole mooncake-synthetic trace at 16 req/s (8 instances): without the
-filter `go` routed 33 of the 75 requests whose prefix was cached somewhere elsewhere (27 of them in
-the all-heavy case, where the cached instance had the longer queue) and earned TDG 0.766 (hit rate
-14.5%) against llm-d-style prefix-affinity's 0.829 (28.0%); with it, 0.816 (29.2%). The threshold
-is the smallest possible (one block) rather than a fraction of the prompt: 1%, 10%, 25% and 50%
-of the prompt gave 0.816, 0.813, 0.816 and 0.815, so nothing was tuned.
+**Prefix filter** (``prefix_filter=True``, the default with ``prefix_aware``; ours): among the
+gain candidates (gain >= ``alpha`` x best; or every instance that fits when r can earn nothing
+anywhere), when some cache at least one block of r's prompt, only those caching the most of it
+stay, whatever their queue (llm-d's prefix-first trade, made inside GoRouting's candidates).
+Why: a cached prefix is capacity, not only r's latency. Recomputing a long shared prefix
+elsewhere costs the fleet that prefill; GoRouting's gain and TTFT estimates see r's own deadline
+and the queue it joins, not the capacity lost to later requests. On mooncake-synthetic at 16
+req/s (8 instances), without the filter `go` sent 33 of the 75 prompts among the first 1,500
+requests that were cached somewhere to another instance (27 when every candidate was heavy and
+the cache holder had the longer queue); docs/BENCHMARKS.md section 13 has the whole-trace effect.
+The threshold is the smallest possible (one block), not a tuned fraction of the prompt.
 ``prefix_aware=False``: the full prompt everywhere and no cache preference (the reference).
 
 In disaggregated mode the prefill instance is chosen as above (decode terms dropped) and the
@@ -206,17 +206,12 @@ class GoRouter(BaseRouter):
         self.last_gains = {e[5]: e[1] for e in entries}
         self.last_cached = {e[5]: e[8] for e in entries}
         cands = [e for e in entries if e[0]] or entries
-        if aware and self.prefix_filter:
-            # prefix filter (ours): where some candidate holds r's prefix, only those holding
-            # the most of it stay (see the module docstring)
-            top = max(e[8] for e in cands)
-            if top > 0:
-                cands = [e for e in cands if e[8] == top]
         best = max(e[1] for e in cands)
         # ties on load go to the instance caching more of r's prompt (always 0 when unaware)
         if best <= 0:  # r earns nothing anywhere: least loaded
-            return min(cands, key=lambda e: (e[2] + e[3], -e[8], e[5]))[6]
-        chosen = [e for e in cands if e[1] >= self.alpha * best]
+            return min(self._prefix_filter(cands, aware),
+                       key=lambda e: (e[2] + e[3], -e[8], e[5]))[6]
+        chosen = self._prefix_filter([e for e in cands if e[1] >= self.alpha * best], aware)
         limit = self.light_frac * req.ttft_slo
         light = [e for e in chosen if e[2] + e[7] <= limit]
         if light:
@@ -233,6 +228,14 @@ class GoRouter(BaseRouter):
         if aware:
             return min(chosen, key=lambda e: (e[2] + e[3] + e[7], e[5]))[6]
         return min(chosen, key=lambda e: (e[2] + e[3], e[5]))[6]
+
+    def _prefix_filter(self, cands: list, aware: bool) -> list:
+        """Prefix filter (ours; module docstring): where some of ``cands`` hold r's prefix,
+        only those holding the most of it stay."""
+        if not (aware and self.prefix_filter):
+            return cands
+        top = max(e[8] for e in cands)
+        return [e for e in cands if e[8] == top] if top > 0 else cands
 
     def pick(self, req: Request, loads: list[EffectiveLoad], now: float) -> EffectiveLoad:
         view = self.choose(req, [x.view for x in loads], now)

@@ -293,6 +293,9 @@ class ModelPool:
                 except NoHealthyInstance:
                     return _no_backend(self.name)
                 b = self.backends[view.index]
+                if exclude:  # a retry after a backend failed: admitted already, no re-judging
+                    self.router.record(view.index, r, view)
+                    return b
                 predicted = predicted_ttft(view, r.prompt_len, r.weight,
                                            cached=view.cached_tokens(r))
                 waited = clock() - start
@@ -522,6 +525,19 @@ class ModelPool:
         self.fleet.fleet.remove_instance(k, now)
 
 
+# lines of a server-sent event stream other than ``data:`` (a comment starts with ':')
+_SSE_FIELDS = (b"event:", b"id:", b"retry:", b":")
+
+
+def _all_failed(last_err: str, timed_out: bool) -> web.Response:
+    """Every attempt failed before the first byte: 504 if the last one timed out, else 502."""
+    if timed_out:
+        return error(504, f"every backend failed; the last timed out: {last_err}",
+                     type_="server_error", code="backend_timeout")
+    return error(502, f"every backend failed: {last_err}", type_="server_error",
+                 code="backend_failed")
+
+
 def _no_backend(model: str) -> web.Response:
     return error(503, f"no healthy backend of model {model!r} can take the request",
                  type_="service_unavailable", code="no_backend")
@@ -551,6 +567,7 @@ class Gateway:
         self._ids = 0
         self._tasks: list[asyncio.Task] = []
         self.session: aiohttp.ClientSession | None = None
+        self._stream_failed: set[int] = set()  # ids whose stream ended in an error event
         self._init_metrics()
 
     # single-model views (the first model's), as before there were several
@@ -743,14 +760,16 @@ class Gateway:
         except asyncio.CancelledError:  # the client went away: count it, as nginx does, as 499
             self.m_requests.labels(pool.name, req.tenant, req.cls, "499").inc()
             raise
-        self._finish_metrics(pool, req, resp.status)
+        failed = req.id in self._stream_failed  # a 200 stream that ended in an error event
+        self._stream_failed.discard(req.id)
+        self._finish_metrics(pool, req, "stream_error" if failed else resp.status)
         return resp
 
     def _count(self, model: str, tenant: str, cls: str, resp: web.Response) -> web.Response:
         self.m_requests.labels(model, tenant, cls, str(resp.status)).inc()
         return resp
 
-    def _finish_metrics(self, pool: ModelPool, r: Request, status: int) -> None:
+    def _finish_metrics(self, pool: ModelPool, r: Request, status: int | str) -> None:
         self.m_requests.labels(pool.name, r.tenant, r.cls, str(status)).inc()
         if status != 200:
             return
@@ -789,28 +808,38 @@ class Gateway:
         assert self.session is not None
         tried: set[int] = set()
         last_err = "no backend tried"
+        timed_out = False
         admit = pool._admit if pool.fleet is None else pool._admit_fleet
         for _attempt in range(self.cfg.retries + 1):
             b = await admit(r, tried)
             if isinstance(b, web.Response):
                 if tried and b.status == 503:  # retries exhausted the healthy backends
-                    return error(502, f"every backend failed: {last_err}", type_="server_error",
-                                 code="backend_failed")
+                    return _all_failed(last_err, timed_out)
                 return b
             tried.add(b.index)
             b.inflight[r.id] = r
             if b.prefix is not None:
                 b.prefix.record(r)
+            to = self.cfg.timeouts
             try:
+                # streaming backends send headers at once, so a read timeout bounds a backend
+                # that accepted and never answered (first_byte_s, or between_tokens_s if
+                # larger: the same socket timeout then guards the body); a non-streaming answer
+                # comes whole, at the end, under the total only
                 up = await self.session.post(
                     b.url + path, json=self._upstream_body(pool, b, r, raw),
-                    timeout=aiohttp.ClientTimeout(total=self.cfg.request_timeout_s,
-                                                  sock_connect=2.0))
+                    timeout=aiohttp.ClientTimeout(
+                        total=self.cfg.request_timeout_s, sock_connect=to.connect_s,
+                        sock_read=max(to.first_byte_s, to.between_tokens_s) if stream else None))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 pool._left(b, r)
                 pool._backend_failed(b)
                 self.m_retries.labels(pool.name, b.url).inc()
-                last_err = f"{b.url}: {type(e).__name__}: {e}"
+                timed_out = isinstance(e, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+                wait = max(to.first_byte_s, to.between_tokens_s) if stream else (
+                    self.cfg.request_timeout_s)
+                last_err = (f"{b.url}: no response within {wait:g} s" if timed_out
+                            else f"{b.url}: {type(e).__name__}: {e}")
                 continue
             except asyncio.CancelledError:  # the client went away before the backend answered
                 pool._left(b, r)
@@ -822,6 +851,7 @@ class Gateway:
                 pool._backend_failed(b)
                 self.m_retries.labels(pool.name, b.url).inc()
                 last_err = f"{b.url}: HTTP {up.status}: {text[:200]}"
+                timed_out = False
                 continue
             try:
                 if up.status != 200:  # the backend refused the request itself: pass it on
@@ -835,15 +865,20 @@ class Gateway:
             finally:
                 up.release()
                 pool._left(b, r)
-        return error(502, f"every backend failed: {last_err}", type_="server_error",
-                     code="backend_failed")
+        return _all_failed(last_err, timed_out)
 
     async def _relay_json(self, pool: ModelPool, r: Request, b: Backend,
                           up: aiohttp.ClientResponse) -> web.Response:
         try:
-            data = await up.json()
+            data = await up.json(content_type=None)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             pool._backend_failed(b)
+            if isinstance(e, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+                return error(504, f"backend {b.url} did not finish within "
+                                  f"{self.cfg.request_timeout_s:g} s", type_="server_error",
+                             code="backend_timeout")
             return error(502, f"backend {b.url} failed mid-response: {type(e).__name__}",
                          type_="server_error", code="backend_failed")
         t = self.now()
@@ -858,32 +893,61 @@ class Gateway:
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         done = False
+        to = self.cfg.timeouts
+        wait = to.first_byte_s  # until the first data line (the backend's queue and prefill)
+        open_event = False  # the last line relayed left an event unterminated
         try:
-            async for line in up.content:
+            while True:
+                try:
+                    line = await asyncio.wait_for(up.content.readline(), wait)
+                except asyncio.TimeoutError:
+                    which = "between_tokens_s" if r.generated else "first_byte_s"
+                    raise asyncio.TimeoutError(f"no data for {wait:g} s (timeouts.{which})"
+                                               ) from None
+                if not line:
+                    break
+                if line.startswith(b"data: "):
+                    wait = to.between_tokens_s
                 if not line.startswith(b"data: "):
+                    if line.strip() and not line.startswith(_SSE_FIELDS):
+                        raise aiohttp.ClientPayloadError("malformed server-sent event line")
                     await resp.write(line)
+                    open_event = bool(line.strip())
                     continue
                 payload = line[6:].strip()
                 if payload == b"[DONE]":
                     done = True
                 else:
-                    with contextlib.suppress(ValueError):
+                    try:
                         chunk = json.loads(payload)
-                        for ch in chunk.get("choices") or ():
-                            for _ in range(chunk_tokens(ch)):
-                                if r.generated < r.output_len:
-                                    r.emit_token(self.now())
+                        choices = chunk.get("choices") or ()
+                    except (ValueError, AttributeError):
+                        raise aiohttp.ClientPayloadError("malformed JSON in a stream event"
+                                                         ) from None
+                    for ch in choices if isinstance(choices, list) else ():
+                        for _ in range(chunk_tokens(ch) if isinstance(ch, dict) else 0):
+                            if r.generated < r.output_len:
+                                r.emit_token(self.now())
                 await resp.write(line)
+                open_event = True
+                if done:  # the stream is complete: what the backend does next is not ours
+                    await resp.write(b"\n")
+                    break
             if not done:  # the backend closed the stream without finishing it
                 raise aiohttp.ClientPayloadError("stream ended before [DONE]")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             self.m_stream_err.labels(pool.name, b.url).inc()
+            self._stream_failed.add(r.id)
             pool._backend_failed(b)
+            timeout = isinstance(e, asyncio.TimeoutError)
             err = {"error": {"message": f"backend {b.url} failed mid-stream: "
-                                        f"{type(e).__name__}", "type": "server_error",
-                             "param": None, "code": "backend_failed"}}
+                                        f"{type(e).__name__}" + (f": {e}" if str(e) else ""),
+                             "type": "server_error", "param": None,
+                             "code": "backend_timeout" if timeout else "backend_failed"}}
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                # a blank line first if the backend left an event half-written
+                await resp.write((b"\n" if open_event else b"") + b"data: "
+                                 + json.dumps(err).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         with contextlib.suppress(ConnectionError, RuntimeError):
             await resp.write_eof()

@@ -61,6 +61,22 @@ class HealthConfig(BaseModel):
     failures_to_eject: int = Field(default=2, ge=1)
 
 
+class TimeoutsConfig(BaseModel):
+    """How long the gateway waits on a backend, per forwarded request (seconds).
+
+    ``connect_s``: to open the connection. ``first_byte_s``: from sending the request to the
+    response's headers (a backend that accepts and never answers; then the request is retried on
+    another backend, as any failure before the first byte). ``between_tokens_s``: between two
+    body reads once the response started (a stream that stalls; the client then gets an SSE error
+    event, or a 504 for a non-streaming request). The total is ``request_timeout_s``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float = Field(default=2.0, gt=0)
+    first_byte_s: float = Field(default=120.0, gt=0)  # long prompts queue before vLLM answers
+    between_tokens_s: float = Field(default=60.0, gt=0)
+
+
 class LimitsConfig(BaseModel):
     """Where tenant limits (``max_rps``, ``max_tokens_per_s``, ``max_concurrency``) are kept.
 
@@ -225,6 +241,7 @@ class GatewayConfig(BaseModel):
     max_model_len: int = Field(default=8192, ge=2)
     retries: int = Field(default=2, ge=0)  # other backends tried when one fails before 1st byte
     request_timeout_s: float = Field(default=600.0, gt=0)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
