@@ -6,9 +6,11 @@ process, one worker, router `go`, one tenant key, no tenant limits) in front of 
 generator is `proserve bench`'s engine (`run_bench`, in this process): open-loop Poisson arrivals
 with ShareGPT prompt/output lengths (`--trace`), prompts sent as token ids, outputs streamed.
 
-1. Capacity (skipped when `--rate` is given): `--ramp-seconds` s at each rate of `--ramp`, one
-   after the other (each step drains before the next); capacity = the highest rate with no
-   error and TTFT p50 under `--ttft-limit` s. The ramp stops at the first failing step.
+1. Capacity (skipped when `--rate` is given): `--ramp-seconds` s of load per step, one step
+   after the other (each drains before the next): rates doubling from `--ramp-start` until a
+   step fails, then `--ramp-refine` bisection steps between the last passing and the first
+   failing rate (or the explicit `--ramp` list, up to its first failing step). A step passes
+   with no error and TTFT p50 under `--ttft-limit` s; capacity = the highest passing rate.
 2. Soak at `--load` x capacity for `--minutes`, as consecutive `--window`-second windows. The
    arrivals never pause: window k+1's requests start at its scheduled time while the tail of
    window k still streams. Each window is a fresh workload slice (seed = window index, request
@@ -28,8 +30,8 @@ Printed: the capacity found, one progress line per window, the per-window table 
 Written: the raw numbers as JSON to `--out` (default docs/results/soak_gateway.json) and the
 per-window table as plain text next to it (same name, .txt). Exit code 1 if the verdict fails.
 
-    python benchmarks/soak_gateway.py                             # full run: ~30 min + ramp
-    python benchmarks/soak_gateway.py --minutes 2 --window 30     # smoke run
+    python benchmarks/soak_gateway.py                             # full: ramp ~7 min + 30 min
+    python benchmarks/soak_gateway.py --minutes 2 --window 30 --out /tmp/soak_smoke.json  # smoke
     python benchmarks/soak_gateway.py --minutes 2 --window 20 --rate 1.5 --out /tmp/soak.json
 
 On a 2-core host the engines, the gateway and the load generator share the cores; the default
@@ -239,10 +241,15 @@ def mib(v: float | None) -> str:
     return f"{v:.1f}" if v is not None else "-"
 
 
-def ramp(a: argparse.Namespace, target: str, engines: list[str]) -> tuple[float, list[dict]]:
-    steps, best, next_id = [], 0.0, 10_000_000
-    for k, rate in enumerate(float(x) for x in a.ramp.split(",")):
-        reqs = workload(a, rate, a.ramp_seconds, 1000 + k, next_id)
+def ramp(a: argparse.Namespace, target: str, engines: list[str]
+         ) -> tuple[float, float | None, list[dict]]:
+    """Capacity: the highest passing rate, the lowest failing one (None: none failed), steps."""
+    steps: list[dict] = []
+    next_id = 10_000_000
+
+    def step(rate: float) -> bool:
+        nonlocal next_id
+        reqs = workload(a, rate, a.ramp_seconds, 1000 + len(steps), next_id)
         next_id += len(reqs)
         t = time.monotonic()
         m = stats(asyncio.run(run_bench(bench_cfg(target, a), reqs)), len(reqs))
@@ -252,10 +259,32 @@ def ramp(a: argparse.Namespace, target: str, engines: list[str]) -> tuple[float,
         print(f"  ramp {rate:g} req/s: {m['ok']}/{m['requests']} ok, TTFT p50 "
               f"{ms(m['ttft_p50'])} ms, p99 {ms(m['ttft_p99'])} ms, errors {m['errors'] or 0}"
               f" -> {'pass' if good else 'FAIL'}", flush=True)
-        if not good:
+        return good
+
+    best, fail = 0.0, None
+    if a.ramp:  # explicit steps, up to the first failing one
+        for rate in (float(x) for x in a.ramp.split(",")):
+            if not step(rate):
+                fail = rate
+                break
+            best = rate
+        return best, fail, steps
+    rate = a.ramp_start  # double until a step fails, then bisect
+    while rate <= a.ramp_max:
+        if not step(rate):
+            fail = rate
             break
         best = rate
-    return best, steps
+        rate *= 2
+    if fail is not None:
+        hi = fail
+        for _ in range(a.ramp_refine):
+            mid = round((best + hi) / 2, 3)
+            if step(mid):
+                best = mid
+            else:
+                hi = fail = mid
+    return best, fail, steps
 
 
 async def soak(a: argparse.Namespace, target: str, rate: float, n: int, gw_pid: int,
@@ -391,8 +420,14 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=0.7, help="soak rate / measured capacity")
     ap.add_argument("--rate", type=float, default=None,
                     help="soak at this rate (req/s) and skip the capacity ramp")
-    ap.add_argument("--ramp", default="0.5,0.75,1,1.25,1.5,1.75,2,2.5,3,3.5,4,5,6",
-                    help="capacity ramp: request rates, ascending")
+    ap.add_argument("--ramp", default=None,
+                    help="capacity ramp as explicit rates, ascending (stops at the first failing "
+                         "step); default: doubling from --ramp-start, then --ramp-refine "
+                         "bisection steps")
+    ap.add_argument("--ramp-start", type=float, default=2.0, help="first ramp rate (req/s)")
+    ap.add_argument("--ramp-max", type=float, default=256.0, help="the doubling stops here")
+    ap.add_argument("--ramp-refine", type=int, default=3,
+                    help="bisection steps between the last passing and first failing rate")
     ap.add_argument("--ramp-seconds", type=float, default=20.0)
     ap.add_argument("--ttft-limit", type=float, default=1.0,
                     help="a ramp step passes with no error and TTFT p50 under this (s)")
@@ -444,13 +479,17 @@ def main() -> int:
         else:
             print(f"capacity ramp: {a.ramp_seconds:g} s per step, pass = no error and TTFT p50 "
                   f"< {a.ttft_limit:g} s", flush=True)
-            capacity, steps = ramp(a, target, engines)
-            result["ramp"] = steps
+            capacity, failed_at, steps = ramp(a, target, engines)
+            result.update(ramp=steps, ramp_failed_at_rps=failed_at)
             if capacity <= 0:
-                raise SystemExit("the first ramp step already fails: lower --ramp")
+                raise SystemExit("no ramp step passed: lower --ramp-start (or --ramp)")
+            if failed_at is None:
+                print(f"  warning: no ramp step failed, so the capacity is at least "
+                      f"{capacity:g} req/s (raise --ramp-max or extend --ramp)", flush=True)
             rate = a.load * capacity
-            print(f"capacity: {capacity:g} req/s; soak at {a.load:g} x = {rate:g} req/s",
-                  flush=True)
+            print(f"capacity: {capacity:g} req/s (first failing step: "
+                  f"{failed_at if failed_at is not None else '-'} req/s); soak at {a.load:g} x = "
+                  f"{rate:g} req/s", flush=True)
         drain(engines)
         result.update(capacity_rps=capacity, soak_rate_rps=rate)
         print(f"soak: {n} windows of {a.window:g} s at {rate:g} req/s", flush=True)
