@@ -324,11 +324,12 @@ async def settled(gw: Gateway, engines: list[EmulatedEngine]) -> None:
         await asyncio.sleep(0.01)
 
 
-async def against_gateway(cases: list[Case], concurrency: int = 1) -> Gateway:
+async def against_gateway(cases: list[Case], concurrency: int = 1, **over: Any) -> Gateway:
     """Send ``cases`` (``concurrency`` at a time) to a fresh gateway in front of two emulated
-    engines, check every response, then that everything was freed."""
+    engines, check every response, then that everything was freed. ``over``: config fields."""
     engines, servers = await emulators(2)
-    gw, c = await gateway_for([url(s) for s in servers], tenants=TENANTS, max_model_len=64)
+    gw, c = await gateway_for([url(s) for s in servers], tenants=TENANTS, max_model_len=64,
+                              **over)
     try:
         for i in range(0, len(cases), concurrency):
             await asyncio.gather(*(send(c, k) if "cut" not in k else cut_off(c, k)
@@ -343,39 +344,48 @@ async def against_gateway(cases: list[Case], concurrency: int = 1) -> Gateway:
 
 # ---------------------------------------------------------------------------- bad input
 @FUZZ
-@given(cases=st.lists(arbitrary_json_cases(), min_size=20, max_size=20))
+@given(cases=st.lists(arbitrary_json_cases(), min_size=30, max_size=30))
 def test_arbitrary_json_bodies_never_5xx(cases: list[Case]) -> None:
     asyncio.run(against_gateway(cases))
 
 
 @FUZZ
-@given(cases=st.lists(nearly_valid_cases(), min_size=25, max_size=25))
+@given(cases=st.lists(nearly_valid_cases(), min_size=30, max_size=30))
 def test_nearly_valid_bodies_never_5xx(cases: list[Case]) -> None:
     asyncio.run(against_gateway(cases))
 
 
 @FUZZ
-@given(cases=st.lists(raw_body_cases() | endpoint_cases(), min_size=25, max_size=25))
+@given(cases=st.lists(raw_body_cases() | endpoint_cases(), min_size=30, max_size=30))
 def test_raw_bodies_headers_and_endpoints_never_5xx(cases: list[Case]) -> None:
     asyncio.run(against_gateway(cases))
 
 
 @FUZZ
-@given(cases=st.lists(any_bad_case, min_size=24, max_size=24))
+@given(cases=st.lists(any_bad_case, min_size=30, max_size=30))
 def test_bad_input_in_parallel_never_5xx_nor_leaks(cases: list[Case]) -> None:
     asyncio.run(against_gateway(cases, concurrency=6))
 
 
 # ---------------------------------------------------------------------------- Content-Length
-async def raw_http(port: int, head: bytes, body: bytes, eof: bool) -> bytes:
-    """Send a hand-made request; with ``eof`` half-close after it. What came back (maybe b"")."""
+async def raw_http(port: int, request: bytes, eof: bool) -> tuple[int, bytes] | None:
+    """Send a hand-made request (with ``eof``: then half-close); the first response's status
+    and body, or None if the server closed without one."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(head + body)
+        writer.write(request)
         await writer.drain()
         if eof:
             writer.write_eof()
-        return await reader.read()  # Connection: close: the server ends the exchange
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as e:
+            assert not e.partial, e.partial  # nothing, or a whole response head
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        fields = dict(x.split(": ", 1) for x in lines[1:] if ": " in x)
+        n = int(fields.get("Content-Length", "0"))
+        return int(lines[0].split(" ")[1]), await reader.readexactly(n)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -384,9 +394,11 @@ async def raw_http(port: int, head: bytes, body: bytes, eof: bool) -> bytes:
 
 @FUZZ
 @given(cases=st.lists(st.tuples(valid_bodies(stream=False), st.integers(-40, 40)),
-                      min_size=12, max_size=12))
+                      min_size=15, max_size=15))
 def test_content_length_mismatch_never_5xx_nor_hangs(
         cases: list[tuple[tuple[str, dict[str, Any]], int]]) -> None:
+    """A body shorter than its Content-Length (then EOF) or longer (the rest is, to the HTTP
+    parser, the start of a next request; only the first response is the gateway's)."""
     async def go() -> None:
         engines, servers = await emulators(2)
         gw, c = await gateway_for([url(s) for s in servers], tenants=TENANTS,
@@ -396,17 +408,17 @@ def test_content_length_mismatch_never_5xx_nor_hangs(
                 raw = dumps(body)
                 n = max(len(raw) + delta, 0)
                 head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k-gold\r\n"
-                        f"Content-Type: application/json\r\nContent-Length: {n}\r\n"
-                        f"Connection: close\r\n\r\n").encode()
-                case = {"path": path, "content_length": n, "body": raw}
-                got = await within(raw_http(c.server.port, head, raw, eof=delta > 0), case)
-                if not got:
-                    assert delta > 0, case  # only a body cut short by EOF may get no answer
+                        f"Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n")
+                case: Case = {"method": "POST", "path": path, "body": raw[:n],
+                              "headers": {"Content-Length": str(n)}, "sent": len(raw)}
+                got = await within(raw_http(c.server.port, head.encode() + raw, delta > 0),
+                                   case)
+                if got is None:  # only a body cut short by EOF may go unanswered
+                    assert delta > 0, case
                     continue
-                status = int(got.split(b" ", 2)[1])
-                assert status < 500, (got[:300], case)
-                if delta < 0 or status >= 400:
-                    assert status in (200, 400), (got[:300], case)
+                status, answer = got
+                check(case, status, "application/json", answer)
+                assert status == (200 if delta == 0 else 400), (status, answer, case)
             await settled(gw, engines)
         finally:
             await c.close()
@@ -423,11 +435,9 @@ async def cut_off(c: TestClient, case: Case) -> None:
     async def go() -> None:
         r = await c.request("POST", case["path"], data=case["body"], headers=case["headers"])
         try:
-            assert r.status < 500, (r.status, await r.read(), case)
-            if r.status != 200:  # 429 (concurrency, rate): fine, but must be OpenAI JSON
+            if r.status != 200 or cut == "full":  # 429 (concurrency, rate) or read it all
                 check(case, r.status, r.headers.get("Content-Type", ""), await r.read())
-                return
-            if cut == "bytes":
+            elif cut == "bytes":
                 got = 0
                 while got < amount:
                     part = await r.content.read(int(amount) - got)
@@ -438,8 +448,6 @@ async def cut_off(c: TestClient, case: Case) -> None:
                 for _ in range(int(amount)):
                     if not await r.content.readline():
                         break
-            else:
-                check(case, r.status, r.headers.get("Content-Type", ""), await r.read())
         finally:
             r.close()  # hang up (a no-op once the body was read to its end)
 
@@ -456,15 +464,17 @@ async def cut_off(c: TestClient, case: Case) -> None:
 @FUZZ
 @given(cases=st.lists(cutoff_cases(), min_size=24, max_size=24))
 def test_stream_cutoffs_free_every_slot_and_engine_request(cases: list[Case]) -> None:
-    gw = asyncio.run(against_gateway(cases, concurrency=4))
-    # a client hanging up is not a backend failure: no stream error counted, none ejected
-    errs = [s for m in gw.m_stream_err.collect() for s in m.samples
-            if s.name.endswith("_total") and s.value]
-    assert not errs, errs
+    # KNOWN BUG (test_client_hangups_mid_stream_are_not_backend_failures): the gateway counts a
+    # client hanging up mid-stream as a failure of the backend, so two concurrent hang-ups eject
+    # a healthy backend and the next requests get 503 no_backend. Ejection is put out of reach
+    # here so the rest (no 5xx otherwise, no hang, no leak) stays checked; drop this override
+    # once the bug is fixed.
+    health = {"interval_s": 0.05, "timeout_s": 0.5, "failures_to_eject": 10**9}
+    gw = asyncio.run(against_gateway(cases, concurrency=4, health=health))
     assert all(b.routable for b in gw.backends)
 
 
-# ---------------------------------------------------------------------------- the bug found
+# ---------------------------------------------------------------------------- bugs found
 @pytest.mark.xfail(strict=True, reason="gateway bug: an unhashable priority_class (JSON list "
                                        "or object) raises TypeError in Gateway._handle -> 500")
 def test_unhashable_priority_class_is_a_400_not_a_500() -> None:
@@ -489,3 +499,34 @@ def test_unhashable_priority_class_is_a_400_not_a_500() -> None:
             for s in servers:
                 await s.close()
     assert asyncio.run(go()) == [400, 400, 400]
+
+
+@pytest.mark.xfail(strict=True, reason="gateway bug: Gateway._relay_stream catches the client's "
+                                       "ConnectionResetError on resp.write as a backend failure "
+                                       "(stream error counted, backend failures += 1, ejected)")
+def test_client_hangups_mid_stream_are_not_backend_failures() -> None:
+    async def go() -> None:
+        _, servers = await emulators(1)
+        # probes far apart: only forwards can change the backend's health here
+        gw, c = await gateway_for([url(servers[0])], health={
+            "interval_s": 60, "timeout_s": 0.5, "failures_to_eject": 2})
+        body = {"model": MODEL, "prompt": "hello", "max_tokens": 500, "stream": True}
+        try:
+            rs = [await c.post(COMPLETIONS, headers=GOLD, json=body) for _ in range(2)]
+            for r in rs:
+                assert r.status == 200
+                await r.content.readline()
+            for r in rs:
+                r.close()  # two clients hang up mid-stream
+            await asyncio.sleep(0.2)
+            errs = [s for m in gw.m_stream_err.collect() for s in m.samples
+                    if s.name.endswith("_total") and s.value]
+            assert not errs, errs
+            assert gw.backends[0].failures == 0 and gw.backends[0].routable
+            r = await c.post(COMPLETIONS, headers=GOLD, json={**body, "max_tokens": 2})
+            assert r.status == 200, await r.text()  # today: 503 no_backend
+        finally:
+            await c.close()
+            for s in servers:
+                await s.close()
+    asyncio.run(go())
