@@ -567,7 +567,9 @@ class Gateway:
         self._ids = 0
         self._tasks: list[asyncio.Task] = []
         self.session: aiohttp.ClientSession | None = None
-        self._stream_failed: set[int] = set()  # ids whose stream ended in an error event
+        # ids of 200 streams that did not end normally: "stream_error" (an SSE error event) or
+        # "499" (the client went away mid-stream); what the metrics count instead of 200
+        self._stream_outcome: dict[int, str] = {}
         self._init_metrics()
 
     # single-model views (the first model's), as before there were several
@@ -705,7 +707,7 @@ class Gateway:
         asked = request.headers.get("x-priority-class") or (body.model_extra or {}).get(
             "priority_class")
         if asked is not None:
-            if asked not in pool.by_name:
+            if not isinstance(asked, str) or asked not in pool.by_name:
                 return self._count(pool.name, tenant.name, cls.name, error(
                     400, f"unknown priority class {asked!r}; known: "
                          f"{', '.join(pool.by_name)}", param="priority_class"))
@@ -760,9 +762,7 @@ class Gateway:
         except asyncio.CancelledError:  # the client went away: count it, as nginx does, as 499
             self.m_requests.labels(pool.name, req.tenant, req.cls, "499").inc()
             raise
-        failed = req.id in self._stream_failed  # a 200 stream that ended in an error event
-        self._stream_failed.discard(req.id)
-        self._finish_metrics(pool, req, "stream_error" if failed else resp.status)
+        self._finish_metrics(pool, req, self._stream_outcome.pop(req.id, resp.status))
         return resp
 
     def _count(self, model: str, tenant: str, cls: str, resp: web.Response) -> web.Response:
@@ -896,6 +896,16 @@ class Gateway:
         to = self.cfg.timeouts
         wait = to.first_byte_s  # until the first data line (the backend's queue and prefill)
         open_event = False  # the last line relayed left an event unterminated
+
+        async def to_client(data: bytes) -> bool:
+            """Write to the client; False if it went away (that is not the backend's fault:
+            the caller's cleanup releases the upstream response, which aborts the request)."""
+            try:
+                await resp.write(data)
+                return True
+            except (ConnectionError, RuntimeError):
+                return False
+
         try:
             while True:
                 try:
@@ -911,7 +921,9 @@ class Gateway:
                 if not line.startswith(b"data: "):
                     if line.strip() and not line.startswith(_SSE_FIELDS):
                         raise aiohttp.ClientPayloadError("malformed server-sent event line")
-                    await resp.write(line)
+                    if not await to_client(line):
+                        self._stream_outcome[r.id] = "499"
+                        return resp
                     open_event = bool(line.strip())
                     continue
                 payload = line[6:].strip()
@@ -928,16 +940,18 @@ class Gateway:
                         for _ in range(chunk_tokens(ch) if isinstance(ch, dict) else 0):
                             if r.generated < r.output_len:
                                 r.emit_token(self.now())
-                await resp.write(line)
+                if not await to_client(line):
+                    self._stream_outcome[r.id] = "499"
+                    return resp
                 open_event = True
                 if done:  # the stream is complete: what the backend does next is not ours
-                    await resp.write(b"\n")
+                    await to_client(b"\n")
                     break
             if not done:  # the backend closed the stream without finishing it
                 raise aiohttp.ClientPayloadError("stream ended before [DONE]")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             self.m_stream_err.labels(pool.name, b.url).inc()
-            self._stream_failed.add(r.id)
+            self._stream_outcome[r.id] = "stream_error"
             pool._backend_failed(b)
             timeout = isinstance(e, asyncio.TimeoutError)
             err = {"error": {"message": f"backend {b.url} failed mid-stream: "

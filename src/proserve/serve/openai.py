@@ -11,6 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies get 413 before any parsing
@@ -203,6 +204,11 @@ async def parse_body(request: web.Request, schema: type[BaseModel]) -> BaseModel
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body exceeds the {MAX_BODY_BYTES}-byte limit")
+    except RequestPayloadError as e:  # e.g. a body that is not the gzip its header says
+        why = getattr(e.__cause__, "message", None) or "it could not be read"
+        resp = error(400, f"malformed request body: {why}")
+        resp.force_close()  # the rest of the body is unreadable: do not keep the connection
+        return resp
     if len(raw) > MAX_BODY_BYTES:
         return error(413, f"request body exceeds the {MAX_BODY_BYTES}-byte limit")
     try:
