@@ -13,8 +13,9 @@ with ShareGPT prompt/output lengths (`--trace`), prompts sent as token ids, outp
    with no error and TTFT p50 under `--ttft-limit` s; capacity = the highest passing rate.
 2. Soak at `--load` x capacity for `--minutes`, as consecutive `--window`-second windows. The
    arrivals never pause: window k+1's requests start at its scheduled time while the tail of
-   window k still streams. Each window is a fresh workload slice (seed = window index, request
-   ids unique over the run) and records: requests, finished, errors by code (and an example
+   window k still streams. Every window replays the same workload slice (seed 0: the same lengths
+   and arrival gaps, so windows differ only by what the system does; request ids, hence prompts,
+   unique over the run) and records: requests, finished, errors by code (and an example
    message each), TTFT p50/p99, TPOT p50, and, at its end, the RSS (VmRSS from /proc, the
    process and its children) of the gateway and of the emulator, the gateway's open file
    descriptors and the CPU share of the gateway, the emulator and the load generator. RSS is
@@ -249,7 +250,7 @@ def ramp(a: argparse.Namespace, target: str, engines: list[str]
 
     def step(rate: float) -> bool:
         nonlocal next_id
-        reqs = workload(a, rate, a.ramp_seconds, 1000 + len(steps), next_id)
+        reqs = workload(a, rate, a.ramp_seconds, 1000, next_id)  # one mix, scaled
         next_id += len(reqs)
         t = time.monotonic()
         m = stats(asyncio.run(run_bench(bench_cfg(target, a), reqs)), len(reqs))
@@ -293,8 +294,8 @@ async def soak(a: argparse.Namespace, target: str, rate: float, n: int, gw_pid: 
     so that an interrupted run still has what it measured."""
     cfg = bench_cfg(target, a)
     plans, next_id = [], 0
-    for k in range(n):
-        reqs = workload(a, rate, a.window, k, next_id)
+    for _k in range(n):
+        reqs = workload(a, rate, a.window, 0, next_id)  # the same mix every window
         next_id += len(reqs)
         plans.append(reqs)
     windows += [{"window": k} for k in range(n)]
