@@ -44,3 +44,20 @@ def wait_up(url: str, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(0.25)
     raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+def wait_idle(urls: list[str], timeout: float = 300.0, poll: float = 0.2) -> float:
+    """Wait until no engine (vLLM or emulated, by its /metrics) has a request running or
+    waiting; returns the seconds it took (``timeout`` at most)."""
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        busy = 0.0
+        for u in urls:
+            with urllib.request.urlopen(u + "/metrics", timeout=10) as r:
+                for x in r.read().decode().splitlines():
+                    if x.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                        busy += float(x.split()[-1])
+        if busy == 0:
+            break
+        time.sleep(poll)
+    return time.monotonic() - t

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import loadavg, stop_all, table, wait_up
+from _common import loadavg, stop_all, table, wait_idle, wait_up
 from proserve.core.classes import parse_classes
 from proserve.core.request import Request
 from proserve.latency.profiles import load_profile
@@ -131,16 +131,7 @@ def engine_counts(urls: list[str]) -> list[float]:
 
 def drain(urls: list[str], tries: int = 600) -> None:
     """Wait until no engine has a request running or waiting."""
-    for _ in range(tries):
-        busy = 0.0
-        for u in urls:
-            with urllib.request.urlopen(u + "/metrics", timeout=10) as r:
-                for x in r.read().decode().splitlines():
-                    if x.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                        busy += float(x.split()[-1])
-        if busy == 0:
-            return
-        time.sleep(0.1)
+    wait_idle(urls, timeout=tries * 0.1, poll=0.1)
 
 
 # ---------------------------------------------------------------------------- part 2

@@ -55,14 +55,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import redirect_stdout, suppress
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from _common import loadavg, stop_all, table, wait_up
+from _common import loadavg, stop_all, table, wait_idle, wait_up
 from proserve.core.request import Request
 from proserve.latency.profiles import load_profile
 from proserve.serve.bench import BenchConfig, run_bench
@@ -196,18 +195,7 @@ def start_servers(a: argparse.Namespace, tmp: Path
 
 def drain(engines: list[str], timeout: float = 300.0) -> float:
     """Wait until no engine has a request running or waiting; the seconds it took."""
-    t = time.monotonic()
-    while time.monotonic() - t < timeout:
-        busy = 0.0
-        for u in engines:
-            with urllib.request.urlopen(u + "/metrics", timeout=10) as r:
-                for x in r.read().decode().splitlines():
-                    if x.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                        busy += float(x.split()[-1])
-        if busy == 0:
-            break
-        time.sleep(0.2)
-    return time.monotonic() - t
+    return wait_idle(engines, timeout)
 
 
 # ---------------------------------------------------------------------------- load
