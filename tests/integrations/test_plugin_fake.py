@@ -256,6 +256,24 @@ def test_field_limits_from_the_config(mk) -> None:
     assert s.refused_fields == 1
 
 
+def test_untrusted_request_fields_take_the_class_alone(mk, caplog) -> None:
+    """trust_request_fields: false (vLLM without our gateway in front): weight and SLO overrides
+    are ignored and counted, not refused or warned; the class still comes from the priority or
+    vllm_xargs class, which are not privileges the operator hands out."""
+    s = mk(trust_request_fields=False)
+    add(s, req("x", prio=1, **{"class": "hi", "weight": 3, "ttft_slo_ms": 2500,
+                               "tpot_slo_ms": 80}),
+        req("y", prio=1, weight=99))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        step(s)
+    x, y = s.shadows["x"], s.shadows["y"]
+    assert (x.cls, x.weight, x.ttft_slo, x.tpot_slo) == ("hi", 4.0, 1.0, 0.05)
+    assert (y.cls, y.weight) == ("lo", 1.0)
+    assert s.ignored_fields == 4 and s.refused_fields == 0 and not caplog.records
+    with pytest.raises(ValueError, match="trust_request_fields must be true or false"):
+        mk(trust_request_fields="no")
+
+
 def test_version_other_than_0_32_is_warned(monkeypatch, caplog) -> None:
     monkeypatch.delenv("PROSERVE_PLUGIN_CONFIG", raising=False)
     with fake_vllm.installed("0.31.2") as mod, caplog.at_level(logging.WARNING, logger=LOGGER):

@@ -39,7 +39,10 @@ overwrites these fields with each tenant's own. Config: a YAML file named by
 ``policy`` (``slide`` by default, or an ablation such as ``slide-nostarve``; see
 docs/BENCHMARKS.md for why that one matters under sustained overload), ``policy_args``,
 ``latency_budget``, ``max_preempt_per_step``, ``field_limits`` (e.g.
-``"weight=1:4,ttft_slo_ms=100:"``), ``kv_offload`` (below).
+``"weight=1:4,ttft_slo_ms=100:"``), ``trust_request_fields`` (default true; false: every
+request's ``vllm_xargs`` weight and SLO overrides are ignored and counted in ``ignored_fields``,
+its class alone decides: for operators who run vLLM without our gateway in front, where clients
+set these fields themselves), ``kv_offload`` (below).
 
 **CPU KV offloading** (vLLM's ``--kv-offloading-size GiB``, the ``OffloadingConnector``; read from
 vLLM 0.32's source, docs/VLLM.md has the details): vLLM stores full blocks to CPU as they are
@@ -88,7 +91,8 @@ def _load_config() -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
     unknown = set(doc) - {"profile", "classes", "policy", "policy_args", "latency_budget",
-                          "max_preempt_per_step", "field_limits", "kv_offload"}
+                          "max_preempt_per_step", "field_limits", "kv_offload",
+                          "trust_request_fields"}
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
     return doc
@@ -132,6 +136,13 @@ class ProServeScheduler(AsyncScheduler):
         self.proserve_preemptions = 0
         self._ids = 0
         self.kv_offload = self._check_kv_offload(str(cfg.get("kv_offload", "auto")))
+        # false: a request's vllm_xargs weight/SLO overrides are ignored, its class (from its
+        # priority, or vllm_xargs "class") alone decides (for vLLM without our gateway in front)
+        trust = cfg.get("trust_request_fields", True)
+        if not isinstance(trust, bool):
+            raise ValueError(f"trust_request_fields must be true or false, got {trust!r}")
+        self.trust_request_fields = trust
+        self.ignored_fields = 0  # overrides dropped because trust_request_fields is false
 
     def _check_kv_offload(self, mode: str) -> dict[str, Any]:
         """What vLLM's KV connector does with a preempted request's KV, checked against the
@@ -187,6 +198,11 @@ class ProServeScheduler(AsyncScheduler):
         sh = self.shadows.get(req.request_id)
         if sh is None:
             x = (req.sampling_params.extra_args or {}) if req.sampling_params else {}
+            if not self.trust_request_fields:
+                dropped = [k for k in ("weight", "ttft_slo_ms", "tpot_slo_ms") if k in x]
+                if dropped:
+                    self.ignored_fields += len(dropped)
+                    x = {k: v for k, v in x.items() if k not in dropped}
             m = self.latency_model
             p = int(req.num_prompt_tokens)
             out = int(getattr(req, "max_tokens", None) or 1)
