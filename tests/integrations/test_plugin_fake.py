@@ -534,12 +534,29 @@ def test_config_policy_variant_and_its_arguments(mk) -> None:
 
 @pytest.mark.parametrize("cfg, match", [
     ({"bogus": 1}, r"unknown key\(s\) \['bogus'\]"),
-    ({"policy": "vllm-priority"}, "SlideBatching variant"),
-    ({"policy": "edf"}, "SlideBatching variant"),
+    ({"policy": "vllm-priority"}, "has no unified-queue ranker"),
+    ({"policy": "dynamic-chunk"}, "has no unified-queue ranker"),
 ])
 def test_config_rejects_unknown_keys_and_other_policies(mk, cfg, match) -> None:
     with pytest.raises(ValueError, match=match):
         mk(**cfg)
+
+
+@pytest.mark.parametrize("policy", ["slide", "slide-bounded", "slide-nostarve", "edf",
+                                    "fairbatching"])
+def test_every_unified_queue_policy_ranks_through_the_declared_interface(mk, policy) -> None:
+    """The plug-in takes any unified-queue policy by name and uses only its Ranker: the order
+    it returns is the policy's own ``ordered(now)`` over the mirrored requests."""
+    from proserve.engine.ranker import Ranker
+
+    s = mk(policy=policy)
+    assert isinstance(s.ranker, Ranker) and s.slide.name == policy
+    add(s, req("a", prio=1), req("b", prio=0), req("c", prio=1))
+    step(s)
+    assert len(s.ranker) == 3
+    order, _ = s.ranker.ordered(T0)
+    assert {r.cls for r in order} == {"hi", "lo"}
+    assert [r.id for r in order] == [r.id for r in s.slide.ordered(T0)[0]]
 
 
 def test_config_must_be_a_mapping(plugin, clock, monkeypatch, tmp_path) -> None:

@@ -54,6 +54,7 @@ import numpy as np
 from ..core.request import Request, Status
 from ..latency.model import LatencyModel
 from .base import BaseScheduler, SchedulerOutput, register_policy
+from .ranker import PolicyRanker
 from .table import DeadlineFn, RequestTable, strict_deadline
 
 
@@ -75,6 +76,12 @@ class UnifiedQueueScheduler(BaseScheduler):
             raise ValueError("min_chunk must be >= 1")
         self.min_chunk = min_chunk
         self.table = RequestTable(model, deadline)
+
+    @property
+    def ranker(self) -> PolicyRanker:
+        """This policy's order and budget behind the declared :class:`Ranker` interface (what
+        the vLLM plug-in uses; engine/ranker.py)."""
+        return PolicyRanker(self)
 
     def _enqueue(self, req: Request, now: float) -> None:
         self.table.add(req)

@@ -36,8 +36,9 @@ sent (core/sched_fields.py): an unknown class, or a weight or SLO outside ``fiel
 replaced by the class's default with a warning. Put the gateway in front of a shared fleet: it
 overwrites these fields with each tenant's own. Config: a YAML file named by
 ``PROSERVE_PLUGIN_CONFIG`` with optional keys ``profile``, ``classes`` (a ``--classes`` spec),
-``policy`` (``slide`` by default, or an ablation such as ``slide-nostarve``; see
-docs/BENCHMARKS.md for why that one matters under sustained overload), ``policy_args``,
+``policy`` (``slide-bounded`` by default; any unified-queue policy by registry name: ``slide``,
+``slide-nostarve``, ``edf``, ``fairbatching``; the plug-in uses only its declared ranker,
+engine/ranker.py), ``policy_args``,
 ``latency_budget``, ``max_preempt_per_step``, ``field_limits`` (e.g.
 ``"weight=1:4,ttft_slo_ms=100:"``), ``trust_request_fields`` (default true; false: every
 request's ``vllm_xargs`` weight and SLO overrides are ignored and counted in ``ignored_fields``,
@@ -75,6 +76,7 @@ from ...core.classes import parse_classes, unloaded_latencies
 from ...core.request import Request
 from ...core.sched_fields import FieldLimits, resolve_fields
 from ...engine.base import make_scheduler
+from ...engine.ranker import Ranker
 from ...latency.profiles import load_profile
 from .queue import RankedWaitingQueue
 
@@ -119,9 +121,14 @@ class ProServeScheduler(AsyncScheduler):
         self.classes = parse_classes(cfg.get("classes"))
         self.by_name = {c.name: c for c in self.classes}
         policy = cfg.get("policy", "slide-bounded")
-        if not policy.startswith("slide"):
-            raise ValueError(f"plug-in policy must be a SlideBatching variant, got {policy!r}")
         self.slide = make_scheduler(policy, self.latency_model, **cfg.get("policy_args", {}))
+        ranker = getattr(self.slide, "ranker", None)
+        if not isinstance(ranker, Ranker):
+            raise ValueError(f"plug-in policy {policy!r} has no unified-queue ranker (the "
+                             "plug-in takes the order and budget from one): use slide, "
+                             "slide-bounded, slide-nostarve, edf, fairbatching or another "
+                             "unified-queue policy")
+        self.ranker: Ranker = ranker
         self.use_latency_budget = bool(cfg.get("latency_budget", False))
         self.max_preempt = int(cfg.get("max_preempt_per_step", 4))
         self.configured_token_budget = self.max_num_scheduled_tokens
@@ -183,7 +190,7 @@ class ProServeScheduler(AsyncScheduler):
     def _forget(self, rid: str, finished: bool = True) -> None:
         sh = self.shadows.pop(rid, None)
         if sh is not None:
-            self.slide.table.remove(sh)
+            self.ranker.remove(sh)
             self._req_of.pop(id(sh), None)
         if finished:  # one the sweep forgot may come back, its priority long overwritten by ranks
             self.user_priority.pop(rid, None)
@@ -223,7 +230,7 @@ class ProServeScheduler(AsyncScheduler):
                          weight=f.weight, priority=f.cls.rank, cls=f.label)
             self.shadows[req.request_id] = sh
             self._req_of[id(sh)] = req
-            self.slide.table.add(sh)
+            self.ranker.add(sh)
         generated = min(int(req.num_output_tokens), sh.output_len)
         if generated and sh.first_token_time < 0:
             # SlideBatching's anchored decode deadlines start at the first token; vLLM's request
@@ -259,14 +266,14 @@ class ProServeScheduler(AsyncScheduler):
                 seen[r.request_id] = key
                 changed.append(self._shadow(r))
         self._dirty.clear()
-        self.slide.table.refresh_many(changed)
+        self.ranker.refresh_many(changed)
         return n_live
 
     # ------------------------------------------------------------------ scheduling
     def schedule(self, *args: Any, **kwargs: Any):
         if self._sync():
             now = time.time()  # vLLM's arrival_time clock
-            order, budget = self.slide.ordered(now)
+            order, budget = self.ranker.ordered(now)
             req_of, queued = self._req_of, self.waiting
             ranked_waiting = []
             # one pass: every request's rank becomes its vLLM priority (vLLM compares them
@@ -327,4 +334,4 @@ class ProServeScheduler(AsyncScheduler):
         decodes = [sh for sh in self.shadows.values() if not sh.in_prefill]
         left = budget - m.c0 - sum(m.decode_time(sh.computed + 1) for sh in decodes)
         prefill = m.max_chunk(max(left, 0.0), 0, cap) if left > 0 else 0
-        return max(min(len(decodes) + max(prefill, self.slide.min_chunk), cap), 1)
+        return max(min(len(decodes) + max(prefill, getattr(self.ranker, 'min_chunk', 1)), cap), 1)

@@ -1,0 +1,74 @@
+"""The ranking interface of the unified-queue policies: what an engine outside ours may use.
+
+A unified-queue policy (``slide``, ``slide-bounded``, ``slide-nostarve``, ``edf``,
+``fairbatching``, ...) is two things: a **ranker**, which tracks the live requests, keeps its
+per-request predictions up to date as they change, and answers the order and the time budget for
+``now``; and the **batch walk** (``UnifiedQueueScheduler._walk``), which turns that order into a
+batch with our KV block manager. Our simulator and emulator run both. vLLM owns its batch
+formation and KV, so the vLLM plug-in uses only the ranker, through this protocol, never through
+the policy's internals (its table or its ``plan``).
+
+The protocol is small on purpose: ``add`` a request when the engine receives it, ``refresh`` it
+whenever its state changed (tokens computed, generated, preempted), ``remove`` it when it leaves,
+and ask ``ordered(now)`` for the order and budget of the next step. Requests are
+:class:`~proserve.core.request.Request` objects (the plug-in mirrors vLLM's into them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..core.request import Request
+
+if TYPE_CHECKING:
+    from .deadline import UnifiedQueueScheduler
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """Order and latency budget of a unified queue (see the module docstring)."""
+
+    def add(self, r: Request) -> None: ...
+    def remove(self, r: Request) -> None: ...
+    def refresh(self, r: Request) -> None: ...
+    def refresh_many(self, rs: Iterable[Request]) -> None: ...
+    def ordered(self, now: float) -> tuple[list[Request], float]: ...
+    def __len__(self) -> int: ...
+
+
+class PolicyRanker:
+    """The ranker of one unified-queue policy object: its request table and its ``plan``.
+
+    Shares the policy's state: a request added here is the policy's, so a policy object serves
+    either as a whole engine scheduler (simulator, emulator) or as a ranker (vLLM plug-in), not
+    both at once.
+    """
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: UnifiedQueueScheduler) -> None:
+        self.policy = policy
+
+    def add(self, r: Request) -> None:
+        self.policy.table.add(r)
+
+    def remove(self, r: Request) -> None:
+        self.policy.table.remove(r)
+
+    def refresh(self, r: Request) -> None:
+        self.policy.table.refresh(r)
+
+    def refresh_many(self, rs: Iterable[Request]) -> None:
+        self.policy.table.refresh_many(rs)
+
+    def ordered(self, now: float) -> tuple[list[Request], float]:
+        return self.policy.ordered(now)
+
+    def __len__(self) -> int:
+        return len(self.policy.table)
+
+    @property
+    def min_chunk(self) -> int:
+        """The smallest prefill chunk the policy schedules unless it finishes the prompt."""
+        return self.policy.min_chunk
