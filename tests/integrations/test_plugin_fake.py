@@ -534,8 +534,8 @@ def test_config_policy_variant_and_its_arguments(mk) -> None:
 
 @pytest.mark.parametrize("cfg, match", [
     ({"bogus": 1}, r"unknown key\(s\) \['bogus'\]"),
-    ({"policy": "vllm-priority"}, "has no unified-queue ranker"),
-    ({"policy": "dynamic-chunk"}, "has no unified-queue ranker"),
+    ({"policy": "vllm-priority", "policy_args": {}}, "has no unified-queue ranker"),
+    ({"policy": "sarathi-fcfs", "policy_args": {}}, "has no unified-queue ranker"),
 ])
 def test_config_rejects_unknown_keys_and_other_policies(mk, cfg, match) -> None:
     with pytest.raises(ValueError, match=match):
@@ -549,7 +549,7 @@ def test_every_unified_queue_policy_ranks_through_the_declared_interface(mk, pol
     it returns is the policy's own ``ordered(now)`` over the mirrored requests."""
     from proserve.engine.ranker import Ranker
 
-    s = mk(policy=policy)
+    s = mk(policy=policy, policy_args={})
     assert isinstance(s.ranker, Ranker) and s.slide.name == policy
     add(s, req("a", prio=1), req("b", prio=0), req("c", prio=1))
     step(s)
