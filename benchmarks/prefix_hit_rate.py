@@ -11,10 +11,11 @@ latency noise, at a low mean rate (``--rate``, default 0.01 req/s), in two order
 
 At this rate a request is served (nearly) alone, so it finds in the cache exactly the blocks
 earlier requests cached and eviction has left; with an unbounded cache that is the exact offline
-count from ``hash_ids``, which the script computes independently (longest common prefix of the id
-lists, whole 16-token blocks, at most prompt - 1 tokens) and prints next to it. (Unbounded, the
-count does not depend on the order: with prefix-chained ids every block but a key's first
-occurrence is a hit.)
+count from ``hash_ids``, which the script computes apart from the engine
+(``experiments.prefix_vllm.offline_hits``: a set of every earlier request's block keys, leading
+whole 16-token blocks, at most prompt - 1 tokens; no refcounts, no eviction) and prints next to
+it. (Unbounded, the count does not depend on the order: with prefix-chained ids every block but
+a key's first occurrence is a hit.)
 
 ``prefix_hit_rate`` = prompt tokens found in the cache at each request's first scheduling /
 prompt tokens of the requests scheduled. Output: a table on stdout, the raw results in
@@ -33,34 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from _common import loadavg, table  # benchmarks/_common.py
+from proserve.experiments.prefix_vllm import offline_hits
 from proserve.sim.run import SimConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
 UNBOUNDED = 10_000_000  # blocks: more than the whole trace's prompts (~3.8M blocks)
 DEFAULT_KV = [UNBOUNDED, 1_000_000, 300_000, 100_000, 27_507, 15_000]  # 27,507: the profile's
-
-
-def offline_hit(reqs: list[Any], bs: int) -> tuple[int, int]:
-    """Exact hits in arrival order from the requests' Mooncake ids (see the module docstring)."""
-    trie: dict[Any, dict] = {}  # id-chain trie; each node keeps the longest prompt through it
-    hit = total = 0
-    for r in sorted(reqs, key=lambda x: (x.arrival, x.id)):
-        ids, block, n = r.prefix.ids, r.prefix.block, r.prompt_len
-        node, best = trie, 0
-        for depth, x in enumerate(ids, start=1):  # walk the shared chain: E and R share
-            nxt = node.get(x)  # depth * block tokens, of which E had #n
-            if nxt is None:
-                break
-            best = max(best, min(depth * block, nxt["#n"]))
-            node = nxt
-        hit += min(best // bs, (n - 1) // bs, min(n, len(ids) * block) // bs) * bs
-        total += n
-        node = trie
-        for k, x in enumerate(ids):  # record this prompt: it covers chunk k up to its length
-            node = node.setdefault(x, {"#n": 0})
-            node["#n"] = max(node["#n"], min(n, (k + 1) * block))
-    return hit, total
 
 
 def main() -> None:
@@ -99,7 +79,7 @@ def one_order(cfg: dict[str, Any], sizes: list[int], order: str) -> dict[str, An
         reqs = res.pop("_requests")
         res.pop("_router", None)
         if offline is None:
-            hit, total = offline_hit(reqs, 16)
+            hit, total = offline_hits(reqs, 16)
             offline = {"hit_tokens": hit, "prompt_tokens": total, "hit_rate": hit / total}
         inst = res["per_instance"][0]
         points.append({

@@ -29,9 +29,12 @@ def copy_requests(reqs: list[Request]) -> list[Request]:
                     r.weight, r.priority, r.cls, r.tenant, prefix=r.prefix) for r in reqs]
 
 
-def offline_hit_rate(reqs: list[Request], block: int = 16) -> float:
-    """Hit rate of an unbounded cache that holds every earlier request's keyed prompt blocks:
-    the upper bound both engines approach at low load."""
+def offline_hits(reqs: list[Request], block: int = 16) -> tuple[int, int]:
+    """``(hit tokens, prompt tokens)`` of an unbounded cache that holds every earlier request's
+    keyed prompt blocks (arrival order; hits are leading runs of whole ``block``-token blocks, at
+    most prompt - 1 tokens, as an engine counts them): the exact offline count both engines
+    approach at low load. Shares only :meth:`Prefix.key` with the engine's block manager, not
+    its refcounts or eviction."""
     seen: set[tuple] = set()
     hit = total = 0
     for r in sorted(reqs, key=lambda x: (x.arrival, x.id)):
@@ -39,15 +42,20 @@ def offline_hit_rate(reqs: list[Request], block: int = 16) -> float:
         p = r.prefix
         if p is None:
             continue
-        n = min(p.num_keyed(r.prompt_len, block), (r.prompt_len - 1) // block)
         keys = [p.key(j, block) for j in range(p.num_keyed(r.prompt_len, block))]
         h = 0
-        for k in keys[:n]:
+        for k in keys[:(r.prompt_len - 1) // block]:
             if k not in seen:
                 break
             h += 1
         hit += h * block
         seen.update(keys)
+    return hit, total
+
+
+def offline_hit_rate(reqs: list[Request], block: int = 16) -> float:
+    """:func:`offline_hits` as a fraction of prompt tokens."""
+    hit, total = offline_hits(reqs, block)
     return hit / total if total else 0.0
 
 
