@@ -18,12 +18,13 @@ from .model import LatencyModel
 # Used only for profiles that name neither their model nor their GPU.
 _REF_S_PER_TOKEN = 0.48e-3 / 128
 _REF_S_PER_COPY = 0.24e-3
-# PCIe Gen5 x16: 64 GB/s per direction nominal; pinned-memory cudaMemcpyAsync reaches ~80% of it
-# (NVIDIA's bandwidthTest on H100 SXM reports ~50-55 GB/s host<->device).
+# PCIe Gen5 x16: 64 GB/s per direction nominal. Assumed, not measured here (no GPU is lent to
+# this project): pinned-memory copies reach 80% of it. A profile measured on a GPU should carry
+# its own transfer section.
 DEFAULT_HOST_LINK_BYTES_S = 64e9
 DEFAULT_HOST_LINK_EFFICIENCY = 0.8
 # one batched copy per direction per step (vLLM v1's offloading connector submits each step's
-# transfers as one job): a kernel launch plus a stream synchronisation, ~20 us
+# transfers as one job): a kernel launch plus a stream synchronisation, assumed 20 us
 DEFAULT_S_PER_COPY = 20e-6
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,8 @@ def transfer_section(kv_bytes_per_token: int, gpu: dict[str, Any], block_size: i
     tp = int(gpu.get("count", 1))
     block_bytes = kv_bytes_per_token * block_size / tp  # each GPU copies its own shard
     s_block = block_bytes / (link * DEFAULT_HOST_LINK_EFFICIENCY)
-    prov = (f"host link {link / 1e9:.0f} GB/s per direction per GPU x "
-            f"{DEFAULT_HOST_LINK_EFFICIENCY} efficiency (PCIe Gen5 x16 pinned-memory copies); "
+    prov = (f"assumed, not measured: host link {link / 1e9:.0f} GB/s per direction per GPU "
+            f"(PCIe Gen5 x16 nominal) x {DEFAULT_HOST_LINK_EFFICIENCY} efficiency; "
             f"{kv_bytes_per_token} KV bytes/token from the model config over {tp} GPU(s); "
             f"{DEFAULT_S_PER_COPY * 1e6:.0f} us per batched copy (one launch + sync per "
             "direction per step)")
