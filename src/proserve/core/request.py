@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,9 @@ class Request:
     # prefill skipped them); recompute hits after a preemption are not counted here
     cached_tokens: int = 0
     token_times: list[float] | None = field(default=None, repr=False)  # opt-in trace
+    # the host engine's own object for this request (the vLLM plug-in's vLLM Request), so the
+    # order our ranker returns maps back to it without a lookup; proserve's engine never reads it
+    handle: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ derived state
     @property

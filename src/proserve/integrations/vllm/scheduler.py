@@ -22,10 +22,13 @@ own ``schedule()`` runs:
 3. **Preempted requests keep their place** (bug #41951): ranks come from each request's own
    class, weight and deadline, which preemption does not change, so a preempted request
    re-enters the queue where it was.
-4. **Latency budget** (optional, ``latency_budget: true``): the step's token budget
-   ``max_num_scheduled_tokens`` is set to what fits SlideBatching's latency budget under the
-   configured latency model; off by default because it needs a profile fitted on the serving
-   hardware (``proserve fit``).
+4. **The batch decision** (batch.py): SlideBatching's walk over that order, without KV, sets
+   the step's token budget to what its latency budget holds (``latency_budget``), sizes prefill
+   chunks by the time left (``time_chunks``), and lets running requests it did not reach sit the
+   step out (``decode_pacing``, through vLLM's per-request ``next_decode_eligible_step``). On by
+   default when the config names a ``profile`` (a latency model of the serving hardware, from
+   ``proserve fit`` or ``proserve profile``), off without one. ``tail_preemption: false`` turns
+   off the waiting-queue preemption of point 2.
 
 Per-request fields (OpenAI request body ``vllm_xargs``, which vLLM passes as
 ``SamplingParams.extra_args``): ``class`` (a class name from the config), ``weight``,
@@ -39,7 +42,8 @@ overwrites these fields with each tenant's own. Config: a YAML file named by
 ``policy`` (``slide-bounded`` by default; any unified-queue policy by registry name: ``slide``,
 ``slide-nostarve``, ``edf``, ``fairbatching``; the plug-in uses only its declared ranker,
 engine/ranker.py), ``policy_args``,
-``latency_budget``, ``max_preempt_per_step``, ``field_limits`` (e.g.
+``latency_budget``, ``time_chunks``, ``decode_pacing``, ``tail_preemption``,
+``max_preempt_per_step``, ``field_limits`` (e.g.
 ``"weight=1:4,ttft_slo_ms=100:"``), ``trust_request_fields`` (default true; false: every
 request's ``vllm_xargs`` weight and SLO overrides are ignored and counted in ``ignored_fields``,
 its class alone decides: for operators who run vLLM without our gateway in front, where clients
@@ -63,7 +67,6 @@ GPUs").
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -78,6 +81,7 @@ from ...core.sched_fields import FieldLimits, resolve_fields
 from ...engine.base import make_scheduler
 from ...engine.ranker import Ranker
 from ...latency.profiles import load_profile
+from .batch import BatchPlan, plan_batch
 from .queue import RankedWaitingQueue
 
 _SUPPORTED = "0.32"  # the vLLM minor version the plug-in is written and tested against
@@ -93,6 +97,7 @@ def _load_config() -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping")
     unknown = set(doc) - {"profile", "classes", "policy", "policy_args", "latency_budget",
+                          "time_chunks", "decode_pacing", "tail_preemption",
                           "max_preempt_per_step", "field_limits", "kv_offload",
                           "trust_request_fields"}
     if unknown:
@@ -129,12 +134,24 @@ class ProServeScheduler(AsyncScheduler):
                              "slide-bounded, slide-nostarve, edf, fairbatching or another "
                              "unified-queue policy")
         self.ranker: Ranker = ranker
-        self.use_latency_budget = bool(cfg.get("latency_budget", False))
+        # the batch decision (batch.py): on by default when the config names a profile (the
+        # latency model of *this* hardware: `proserve fit` or `proserve profile`), since its
+        # time budget, chunks and pacing are only as good as that model; off without one
+        timed = "profile" in cfg
+        self.use_latency_budget = self._flag(cfg, "latency_budget", timed)
+        self.time_chunks = self._flag(cfg, "time_chunks", timed)
+        self.decode_pacing = self._flag(cfg, "decode_pacing", timed)
+        self.tail_preemption = self._flag(cfg, "tail_preemption", True)
+        if not timed:
+            logger.info("proserve plug-in: no profile in the config, so vLLM keeps its token "
+                        "budget, chunks and decodes (set profile: to a latency model fitted on "
+                        "this hardware to let SlideBatching size the batch)")
+        self.paced_steps = 0  # running requests held out of a step by decode pacing
+        self.last_plan: BatchPlan | None = None
         self.max_preempt = int(cfg.get("max_preempt_per_step", 4))
         self.configured_token_budget = self.max_num_scheduled_tokens
-        self.shadows: dict[str, Request] = {}
+        self.shadows: dict[str, Request] = {}  # its ``handle`` is the vLLM request
         self._seen: dict[str, tuple[int, int]] = {}  # request id -> (computed, generated)
-        self._req_of: dict[int, Any] = {}  # id(shadow) -> vLLM request
         self._dirty: dict[str, Any] = {}  # new or preempted requests to (re)mirror
         self.user_priority: dict[str, int] = {}
         self.field_limits = FieldLimits.parse(cfg.get("field_limits"))
@@ -150,6 +167,13 @@ class ProServeScheduler(AsyncScheduler):
             raise ValueError(f"trust_request_fields must be true or false, got {trust!r}")
         self.trust_request_fields = trust
         self.ignored_fields = 0  # overrides dropped because trust_request_fields is false
+
+    @staticmethod
+    def _flag(cfg: dict[str, Any], key: str, default: bool) -> bool:
+        v = cfg.get(key, default)
+        if not isinstance(v, bool):
+            raise ValueError(f"plug-in config {key} must be true or false, got {v!r}")
+        return v
 
     def _check_kv_offload(self, mode: str) -> dict[str, Any]:
         """What vLLM's KV connector does with a preempted request's KV, checked against the
@@ -191,7 +215,7 @@ class ProServeScheduler(AsyncScheduler):
         sh = self.shadows.pop(rid, None)
         if sh is not None:
             self.ranker.remove(sh)
-            self._req_of.pop(id(sh), None)
+            sh.handle = None
         if finished:  # one the sweep forgot may come back, its priority long overwritten by ranks
             self.user_priority.pop(rid, None)
         self._seen.pop(rid, None)
@@ -227,9 +251,8 @@ class ProServeScheduler(AsyncScheduler):
             self._ids += 1
             sh = Request(id=self._ids, arrival=float(req.arrival_time), prompt_len=p,
                          output_len=max(out, 1), ttft_slo=f.ttft_slo, tpot_slo=f.tpot_slo,
-                         weight=f.weight, priority=f.cls.rank, cls=f.label)
+                         weight=f.weight, priority=f.cls.rank, cls=f.label, handle=req)
             self.shadows[req.request_id] = sh
-            self._req_of[id(sh)] = req
             self.ranker.add(sh)
         generated = min(int(req.num_output_tokens), sh.output_len)
         if generated and sh.first_token_time < 0:
@@ -274,27 +297,49 @@ class ProServeScheduler(AsyncScheduler):
         if self._sync():
             now = time.time()  # vLLM's arrival_time clock
             order, budget = self.ranker.ordered(now)
-            req_of, queued = self._req_of, self.waiting
-            ranked_waiting = []
-            # one pass: every request's rank becomes its vLLM priority (vLLM compares them
-            # among running requests for KV-pressure preemption); the waiting ones, in order,
-            # become the waiting queue's order
-            for i, sh in enumerate(order):
-                r = req_of.get(id(sh))
-                if r is None:
-                    continue
+            running = self.running
+            is_running = set(running)
+            # every request's rank becomes its vLLM priority (vLLM compares them among running
+            # requests for KV-pressure preemption: the largest, the tail of our order, goes
+            # first); the waiting ones, in order, become the waiting queue's order. After _sync
+            # every live shadow is running or waiting (the queue skips any that left). Plain
+            # comprehensions and one bare loop: at 1,024 live requests this is the plug-in's
+            # largest per-step cost in Python (benchmarks/plugin_step_cost.py).
+            handles = [sh.handle for sh in order]
+            for i, r in enumerate(handles):
                 r.priority = i
-                if r in queued:
-                    ranked_waiting.append(r)
-            self.running.sort(key=lambda r: r.priority)
+            ranked_waiting = [r for r in handles if r not in is_running]
+            running.sort(key=lambda r: r.priority)
             self.waiting.set_order(ranked_waiting)
-            self._preempt_for_waiting(now)
-            if self.use_latency_budget:
-                self.max_num_scheduled_tokens = self._token_budget(budget)
+            if self.tail_preemption:
+                self._preempt_for_waiting(now)
+            if self.use_latency_budget or self.time_chunks or self.decode_pacing:
+                self._apply_plan(order, budget)
         try:
             return super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens = self.configured_token_budget
+
+    def _apply_plan(self, order: list[Request], budget: float) -> None:
+        """SlideBatching's batch decision (batch.py) as vLLM's token budget and step skips."""
+        running = self.running
+        plan = plan_batch(
+            order, budget, self.latency_model, running=set(running),
+            free_slots=self.max_num_running_reqs - len(running),
+            token_cap=self.configured_token_budget,
+            min_chunk=getattr(self.ranker, "min_chunk", 1),
+            latency_budget=self.use_latency_budget, time_chunks=self.time_chunks,
+            pacing=self.decode_pacing)
+        self.max_num_scheduled_tokens = plan.token_budget
+        if plan.paced:
+            # vLLM's schedule() advances current_step before it checks eligibility, so
+            # current_step + 2 skips this step alone (vLLM's diffusion scheduler does the same)
+            skip = self.current_step + 2
+            for r in plan.paced:
+                if r.next_decode_eligible_step < skip:
+                    r.next_decode_eligible_step = skip
+            self.paced_steps += len(plan.paced)
+        self.last_plan = plan
 
     def _preempt_for_waiting(self, now: float) -> None:
         """Let the best waiting request displace worse-ranked running ones (#40004)."""
@@ -324,14 +369,3 @@ class ProServeScheduler(AsyncScheduler):
             self.running.remove(worst)
             self._preempt_request(worst, now)
             self.proserve_preemptions += 1
-
-    def _token_budget(self, budget: float) -> int:
-        """Tokens that fit SlideBatching's latency budget after this step's decodes."""
-        cap = self.configured_token_budget
-        if math.isinf(budget):
-            return cap
-        m = self.latency_model
-        decodes = [sh for sh in self.shadows.values() if not sh.in_prefill]
-        left = budget - m.c0 - sum(m.decode_time(sh.computed + 1) for sh in decodes)
-        prefill = m.max_chunk(max(left, 0.0), 0, cap) if left > 0 else 0
-        return max(min(len(decodes) + max(prefill, getattr(self.ranker, 'min_chunk', 1)), cap), 1)
