@@ -603,6 +603,39 @@ def test_plan_skips_waiting_requests_without_a_slot_but_runs_later_running_ones(
     assert plan.token_budget == 302 and plan.admitted == 1
 
 
+def test_plan_walks_the_late_slice_first_then_the_order_without_it() -> None:
+    m = toy_model()
+    late_h, dec_h, new_h = _Handle(), _Handle(), _Handle()
+    late = ShadowRequest(id=1, arrival=0.0, prompt_len=4000, output_len=5, ttft_slo=1.0,
+                         tpot_slo=0.1, handle=late_h)
+    dec = ShadowRequest(id=2, arrival=0.0, prompt_len=10, output_len=5, ttft_slo=1.0,
+                        tpot_slo=0.1, computed=10, generated=1, handle=dec_h)
+    new = ShadowRequest(id=3, arrival=0.0, prompt_len=100, output_len=5, ttft_slo=1.0,
+                        tpot_slo=0.1, handle=new_h)
+    # the slice holds a 500-token chunk of the late one (1e-8 s: float slack, < 1 token)
+    slice_t = m.c0 + m.prefill_time(500) + 1e-8
+    budget = slice_t + m.decode_time(11) + m.prefill_time(100, 0) + 1e-8
+    plan = plan_batch([dec, late, new], budget, m, running={dec_h}, free_slots=4,
+                      token_cap=2048, min_chunk=50, late=[late], late_budget=slice_t)
+    # late: 500 in its slice; then the order without it: the decode and the 100-token prompt
+    assert plan.token_budget == 500 + 1 + 100 and plan.admitted == 2 and plan.paced == []
+    plan = plan_batch([dec, late, new], budget, m, running={dec_h}, free_slots=4,
+                      token_cap=2048, min_chunk=50)
+    # no slice: the decode, then the late one's chunk fills the step, the new one waits
+    assert plan.admitted == 1 and plan.token_budget < 500 + 1 + 100 + 100
+
+
+def test_slide_bounded_ranker_hands_its_late_prefills_first(mk, clock) -> None:
+    s = mk(policy="slide-bounded", latency_budget=True, time_chunks=True, decode_pacing=True)
+    old = req("old", prio=1, arrival=T0 - 30.0, prompt=300)  # lo: 10 s TTFT SLO, 20 s late
+    fresh = req("fresh", prio=0, arrival=T0, prompt=300)
+    add(s, fresh, old)
+    s.schedule()
+    late, limit = s.ranker.late_work(T0, math.inf)
+    assert [sh.handle for sh in late] == [old] and limit > 0
+    assert s.at_entry.waiting[0] == "old"  # its slice comes before the gain order
+
+
 def test_batch_decision_defaults_follow_the_profile(plugin, clock, monkeypatch, tmp_path) -> None:
     path = tmp_path / "plugin.yaml"
     path.write_text(yaml.safe_dump({"profile": "llama3.1-8b@h100"}))

@@ -10,7 +10,9 @@ the policy's internals (its table or its ``plan``).
 
 The protocol is small on purpose: ``add`` a request when the engine receives it, ``refresh`` it
 whenever its state changed (tokens computed, generated, preempted), ``remove`` it when it leaves,
-and ask ``ordered(now)`` for the order and budget of the next step. Requests are
+and ask ``ordered(now)`` for the order and budget of the next step, then ``late_work(now,
+budget)`` for work that goes before that order in a time slice of its own (``slide-bounded``'s
+late prefills; empty for the others). Requests are
 :class:`~proserve.core.request.Request` objects (the plug-in mirrors vLLM's into them).
 """
 
@@ -34,6 +36,7 @@ class Ranker(Protocol):
     def refresh(self, r: Request) -> None: ...
     def refresh_many(self, rs: Iterable[Request]) -> None: ...
     def ordered(self, now: float) -> tuple[list[Request], float]: ...
+    def late_work(self, now: float, budget: float) -> tuple[list[Request], float]: ...
     def __len__(self) -> int: ...
 
 
@@ -64,6 +67,11 @@ class PolicyRanker:
 
     def ordered(self, now: float) -> tuple[list[Request], float]:
         return self.policy.ordered(now)
+
+    def late_work(self, now: float, budget: float) -> tuple[list[Request], float]:
+        """Requests to walk first, in a slice of the step with this time limit (with c0)."""
+        late_work = getattr(self.policy, "late_work", None)
+        return late_work(now, budget) if late_work is not None else ([], 0.0)
 
     def __len__(self) -> int:
         return len(self.policy.table)

@@ -92,12 +92,40 @@ class SlideBounded(SlideBatching):
         return self.late_share * min(1.0, max(lateness, 0.0) /
                                      (self.late_horizon * oldest.ttft_slo))
 
+    def _late(self, now: float, slots: np.ndarray, small: bool) -> tuple[np.ndarray, list[Request]]:
+        """The late prefills this step considers (positions into ``slots``, requests)."""
+        if self.late_share <= 0:
+            return slots[:0], []
+        if small:  # a dozen numpy calls cost more than a Python pass over a short queue
+            return slots[:0], self._late_small(now)
+        late_pos = self._late_positions(slots, now)
+        return late_pos, (self.table.requests_at(slots[late_pos]) if late_pos.size else [])
+
+    def _slice_budget(self, late: list[Request], now: float, budget: float) -> float:
+        """Time limit of the late slice (with c0; 0 when there is no late work)."""
+        share = self._share(late[0], now) if late else 0.0
+        self.last_share = share
+        if share <= 0:
+            return 0.0
+        c0 = self.model.c0
+        ref = budget if budget < math.inf else (
+            c0 + self.model.prefill_time(self.max_num_batched_tokens))
+        return c0 + share * (ref - c0)
+
+    def late_work(self, now: float, budget: float) -> tuple[list[Request], float]:
+        """The late slice for an engine that forms its own batches (the vLLM plug-in, through
+        the ranker): the late prefills, oldest first, and the slice's time limit (with c0),
+        to be walked before the order of :meth:`ordered` under its ``budget``."""
+        t = self.table
+        small = len(t) <= self.small_queue
+        _, late = self._late(now, slots=t.active_slots(), small=small)
+        return late, self._slice_budget(late, now, budget)
+
     def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
         t = self.table
         if len(t) == 0:
             return out
-        c0 = self.model.c0
         # Hot path: the order is computed once, as SlideBatching's; the late slice reuses its
         # columns, and the requests it took are masked out of the order before the order is
         # turned into Python objects (no second pass over a long queue).
@@ -107,20 +135,11 @@ class SlideBounded(SlideBatching):
             order, budget = self.plan_small(now)
         else:
             perm, budget = self.plan(now, slots)
-        if self.late_share <= 0:
-            late_pos, late = slots[:0], []
-        elif small:  # a dozen numpy calls cost more than a Python pass over a short queue
-            late_pos, late = slots[:0], self._late_small(now)
-        else:
-            late_pos = self._late_positions(slots, now)
-            late = t.requests_at(slots[late_pos]) if late_pos.size else []
-        share = self._share(late[0], now) if late else 0.0
-        self.last_share = share
+        late_pos, late = self._late(now, slots, small)
+        limit = self._slice_budget(late, now, budget)
         taken: set[int] = set()
-        if share > 0:
-            ref = budget if budget < math.inf else (
-                c0 + self.model.prefill_time(self.max_num_batched_tokens))
-            self._walk(late, c0 + share * (ref - c0), out)
+        if limit > 0:
+            self._walk(late, limit, out)
             # scheduled in the slice, or preempted by it: neither may run again this step
             taken = {id(r) for r in out.reqs} | {id(r) for r in out.preempted}
         if small:

@@ -61,55 +61,77 @@ def plan_batch(
     latency_budget: bool = True,
     time_chunks: bool = True,
     pacing: bool = True,
+    late: Sequence[Request] = (),
+    late_budget: float = 0.0,
 ) -> BatchPlan:
     """Walk ``order`` (shadow requests whose ``handle`` is the vLLM request) under ``budget``.
 
     ``running`` holds the vLLM requests in vLLM's running list (a set, for membership);
-    ``free_slots`` is how many more requests vLLM may admit this step.
+    ``free_slots`` is how many more requests vLLM may admit this step. ``late`` is walked first
+    under ``late_budget`` (``slide-bounded``'s late slice, :meth:`Ranker.late_work`); the step's
+    time then carries on into the walk of ``order``, which skips what the slice took.
     """
     if not latency_budget:
         budget = math.inf
     d1, d2 = model.d1, model.d2
-    t = model.c0
-    tokens = 0
-    taken: set[int] = set()
-    admitted = 0
-    for sh in order:
-        room = token_cap - tokens
-        if room <= 0:
-            break
-        h = sh.handle
-        is_running = h in running
-        p = sh.computed
-        pend = sh.prompt_len + sh.generated - p
-        left = budget - t
-        if sh.generated > 0 and pend <= 1:  # decode stage
-            cost = d1 + d2 * (p + 1)
-            if cost > left and tokens:
-                break
-            q = 1
-        else:
-            if not is_running and free_slots <= 0:
-                continue  # no sequence slot: vLLM would not admit it; later running ones may run
-            pend = max(pend, 1)
-            q = model.max_chunk(left, p, min(pend, room)) if time_chunks else min(pend, room)
-            if q < pend and q < min_chunk:
-                if tokens:
-                    break
-                q = min(pend, room, min_chunk)
-            cost = model.seq_time(q, p)
-        if is_running:
-            taken.add(id(h))
-        else:
-            free_slots -= 1
-            admitted += 1
-        tokens += q
-        t += cost
-    plan = BatchPlan(token_budget=max(tokens, 1), taken_running=len(taken), admitted=admitted,
-                     predicted_s=t)
-    left_out = [h for h in running if id(h) not in taken]
+    st = _Walk(t=model.c0, free_slots=free_slots)
+
+    def walk(items: Sequence[Request], limit: float, skip: set[int]) -> None:
+        for sh in items:
+            room = token_cap - st.tokens
+            if room <= 0:
+                return
+            if id(sh) in skip:
+                continue
+            h = sh.handle
+            is_running = h in running
+            p = sh.computed
+            pend = sh.prompt_len + sh.generated - p
+            left = limit - st.t
+            if sh.generated > 0 and pend <= 1:  # decode stage
+                cost = d1 + d2 * (p + 1)
+                if cost > left and st.tokens:
+                    return
+                q = 1
+            else:
+                if not is_running and st.free_slots <= 0:
+                    continue  # no sequence slot: vLLM would not admit it; running ones may run
+                pend = max(pend, 1)
+                q = model.max_chunk(left, p, min(pend, room)) if time_chunks else min(pend, room)
+                if q < pend and q < min_chunk:
+                    if st.tokens:
+                        return
+                    q = min(pend, room, min_chunk)
+                cost = model.seq_time(q, p)
+            if is_running:
+                st.taken.add(id(h))
+            else:
+                st.free_slots -= 1
+                st.admitted += 1
+            st.took.add(id(sh))
+            st.tokens += q
+            st.t += cost
+
+    if late and late_budget > 0:
+        walk(late, late_budget, set())
+    walk(order, budget, st.took)
+    plan = BatchPlan(token_budget=max(st.tokens, 1), taken_running=len(st.taken),
+                     admitted=st.admitted, predicted_s=st.t)
+    left_out = [h for h in running if id(h) not in st.taken]
     if pacing:
         plan.paced = left_out
     else:
         plan.token_budget = min(plan.token_budget + len(left_out), token_cap)
     return plan
+
+
+@dataclass(slots=True)
+class _Walk:
+    """The walk's running totals."""
+
+    t: float
+    free_slots: int
+    tokens: int = 0
+    admitted: int = 0
+    taken: set[int] = field(default_factory=set)  # id() of running vLLM requests taken
+    took: set[int] = field(default_factory=set)  # id() of shadows taken

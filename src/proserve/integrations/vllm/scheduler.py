@@ -297,6 +297,10 @@ class ProServeScheduler(AsyncScheduler):
         if self._sync():
             now = time.time()  # vLLM's arrival_time clock
             order, budget = self.ranker.ordered(now)
+            late, late_budget = self.ranker.late_work(now, budget)
+            if late:  # slide-bounded's late slice goes first (batch.py walks it first too)
+                first = {id(sh) for sh in late}
+                order = [*late, *(sh for sh in order if id(sh) not in first)]
             running = self.running
             is_running = set(running)
             # every request's rank becomes its vLLM priority (vLLM compares them among running
@@ -314,13 +318,14 @@ class ProServeScheduler(AsyncScheduler):
             if self.tail_preemption:
                 self._preempt_for_waiting(now)
             if self.use_latency_budget or self.time_chunks or self.decode_pacing:
-                self._apply_plan(order, budget)
+                self._apply_plan(order, budget, late, late_budget)
         try:
             return super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens = self.configured_token_budget
 
-    def _apply_plan(self, order: list[Request], budget: float) -> None:
+    def _apply_plan(self, order: list[Request], budget: float, late: list[Request],
+                    late_budget: float) -> None:
         """SlideBatching's batch decision (batch.py) as vLLM's token budget and step skips."""
         running = self.running
         plan = plan_batch(
@@ -329,7 +334,7 @@ class ProServeScheduler(AsyncScheduler):
             token_cap=self.configured_token_budget,
             min_chunk=getattr(self.ranker, "min_chunk", 1),
             latency_budget=self.use_latency_budget, time_chunks=self.time_chunks,
-            pacing=self.decode_pacing)
+            pacing=self.decode_pacing, late=late, late_budget=late_budget)
         self.max_num_scheduled_tokens = plan.token_budget
         if plan.paced:
             # vLLM's schedule() advances current_step before it checks eligibility, so
