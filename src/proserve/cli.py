@@ -387,6 +387,134 @@ def goodput(
         err.print(f"wrote {out}")
 
 
+@app.command()
+def sweep(
+    configs: list[Path] = typer.Argument(..., help="Sweep YAML file(s): name, kind (simulate | goodput), base and grid of simulate/goodput options by long name, optional zip (see experiments/sweep.py). Several files run one after the other, each into OUT/<name>."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default sweep-out/<name>): sweep.yaml, points/<hash>.json, results.csv, results.parquet, meta.json. With several configs: the parent of one directory per sweep (default sweep-out)."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel processes, or the CPUs of a --ray local cluster (default: CPU count)."),
+    ray: str | None = typer.Option(None, "--ray", help="Run the points as Ray tasks: auto (the running cluster), local (start one in this process with --workers CPUs), or a cluster ADDRESS. Needs pip install 'proserve\\[ray]'."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Point cache shared across sweeps (default: OUT/points); found points are copied into OUT/points."),
+    limit: int | None = typer.Option(None, "--limit", help="Run only the first N points of each grid (a smoke test of a large sweep)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the grid and count cached and pending points; run and write nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Run grids of simulate or goodput points: resumable, each point cached by a hash of its
+    configuration, trace and code, in local processes or on Ray."""
+    from rich.markup import escape
+
+    from .experiments.sweep import SweepError, load_config
+
+    if workers is not None and workers < 1:
+        _fail("--workers must be >= 1")
+    if limit is not None and limit < 1:
+        _fail("--limit must be >= 1")
+    cfgs = []
+    for c in configs:  # every config is validated before any runs
+        try:
+            cfgs.append(load_config(c))
+        except SweepError as e:
+            _fail(escape(str(e)))
+    names = [c.name for c in cfgs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if len(cfgs) > 1 and dup:
+        _fail(f"several configs are named {', '.join(dup)}: each sweep needs its own name "
+              "(its output directory)")
+    totals = [0, 0, 0, 0]  # points, computed, cached, failed
+    for cfg in cfgs:
+        dest = out if len(cfgs) == 1 else (out or Path("sweep-out")) / cfg.name
+        if len(cfgs) > 1 and not quiet:
+            err.print(f"[bold]sweep {escape(cfg.name)}[/] -> {dest}")
+        res = _one_sweep(cfg, dest, workers, ray, cache_dir, limit, dry_run, quiet)
+        totals[0] += res.total
+        totals[1] += res.computed
+        totals[2] += res.cached
+        totals[3] += len(res.failed)
+    if len(cfgs) > 1:
+        err.print(f"{len(cfgs)} sweeps, {totals[0]} points: "
+                  + (f"{totals[0] - totals[2]} to compute (dry run)" if dry_run else
+                     f"{totals[1]} computed") + f", {totals[2]} from the cache"
+                  + (f", {totals[3]} failed" if totals[3] else ""))
+    if totals[3]:
+        raise typer.Exit(1)
+
+
+def _one_sweep(cfg: Any, out: Path | None, workers: int | None, ray: str | None,
+               cache_dir: Path | None, limit: int | None, dry_run: bool, quiet: bool) -> Any:
+    """One sweep of `proserve sweep`, with its progress bar, table and summary lines."""
+    from rich.markup import escape
+    from rich.progress import TimeRemainingColumn
+
+    from .experiments.sweep import SweepError, run_sweep
+
+    if dry_run:
+        try:
+            res = run_sweep(cfg, out, cache_dir=cache_dir, limit=limit, dry_run=True)
+        except SweepError as e:
+            _fail(escape(str(e)))
+        err.print(f"{res.total} points: {len(res.pending)} to compute, {res.cached} from the "
+                  f"cache (dry run: nothing run or written)")
+        return res
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
+                  disable=quiet) as prog:
+        task: list[Any] = []
+
+        def on_start(total: int, cached: int) -> None:
+            task.append(prog.add_task("", total=total, completed=cached))
+
+        def on_done(point: Any, doc: dict, cached: bool) -> None:
+            if not cached and task:
+                prog.update(task[0], advance=1, description=escape(point.label))
+
+        try:
+            res = run_sweep(cfg, out, workers=workers, ray=ray, cache_dir=cache_dir, limit=limit,
+                            on_start=on_start, on_done=on_done)
+        except SweepError as e:
+            _fail(escape(str(e)))
+    if not quiet and res.rows and len(res.rows) <= 40:
+        metrics = (("goodput_rps", "goodput r/s", False), ("fraction_of_optimal", "of optimal", True),
+                   ("attainment", "attainment", True)) if cfg.kind == "goodput" else (
+            ("tdg_ratio", "TDG ratio", True), ("slo_attainment", "SLO attain", True),
+            ("ttft_p99", "TTFT p99 s", False), ("goodput_rps", "goodput r/s", False))
+        keys = [k for p in res.points[:1] for k in p.coords]
+        t = Table(title=f"sweep {cfg.name} ({cfg.kind})")
+        for k in keys:
+            t.add_column(k)
+        for _, title, _ in metrics:
+            t.add_column(title, justify="right")
+        for row in res.rows:
+            t.add_row(*(str(row.get(k)) for k in keys),
+                      *(_fmt(row.get(m), pct=pct) for m, _, pct in metrics))
+        out_console.print(t)
+    for p, msg in res.failed[:5]:
+        err.print(f"[bold red]failed:[/] {escape(p.label)}: {escape(msg)}")
+    if len(res.failed) > 5:
+        err.print(f"... and {len(res.failed) - 5} more failed points (meta.json lists them)")
+    err.print(f"wrote {res.out / 'results.csv'}, {res.out / 'results.parquet'}, "
+              f"{res.out / 'meta.json'} and {len(res.docs)} point(s) in {res.out / 'points'}")
+    err.print(f"{res.total} points: {res.computed} computed, {res.cached} from the cache"
+              + (f", {len(res.failed)} failed" if res.failed else ""))
+    return res
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(..., help="A sweep's output directory (sweep.yaml + results.csv, from `proserve sweep`) or a directory holding several, searched recursively."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write: self-contained (figures embedded as data: URIs, no network, no other files)."),
+) -> None:
+    """One self-contained HTML report of sweep results: per sweep its exact configuration, data sources and versions, a table of the main numbers (mean ± 95% CI over seeds) and every figure its grid supports (experiments/report.py lists the rules)."""
+    from .experiments.report import ReportError, build_report
+
+    try:
+        summary = build_report(results, out)
+    except ReportError as e:
+        _fail(str(e))
+    for w in summary.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    err.print(f"wrote {out}: {len(summary.sweeps)} sweep(s) ({', '.join(summary.sweeps)}), "
+              f"{len(summary.figures)} figure(s)")
+
+
 def _rate_table(title: str, results: list[dict], rates: list[float], label: Any,
                 cell: Any) -> Table:
     """One row per series, one column per rate, ``cell(result)`` in each."""

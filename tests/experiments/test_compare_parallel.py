@@ -114,3 +114,13 @@ def test_cli_compare_with_two_workers_writes_the_same_files(tmp_path: Path, pool
         ("slide", 4.0), ("slide", 15.0), ("vllm-fcfs", 4.0), ("vllm-fcfs", 15.0)]
     rows1, rows2 = (_csv_without_wall(o / "results.csv") for o in outs.values())
     assert rows1 == rows2 and len(rows1) == 4
+
+
+def test_infinite_policy_args_survive_the_trip_to_worker_processes() -> None:
+    # JSON would turn tau_s = inf into null; the workers get python-mode dumps
+    from proserve.experiments.compare import _run_point
+
+    cfg = SimConfig(trace="sharegpt", count=20, rate=2.0, policy="slide",
+                    policy_args={"tau_s": float("inf")})
+    res = _run_point(cfg.model_dump())
+    assert float(res["config"]["policy_args"]["tau_s"]) == float("inf")  # not None

@@ -30,8 +30,8 @@ def test_request_cost_is_prefill_plus_decodes_at_the_largest_batch_within_tpot()
 def test_search_brackets_and_narrows_to_the_threshold(monkeypatch, guess: float) -> None:
     seen = []
 
-    def fake_point(cfg_json: str) -> dict:
-        rate = SimConfig.model_validate_json(cfg_json).rate
+    def fake_point(cfg: dict) -> dict:
+        rate = SimConfig.model_validate(cfg).rate
         seen.append(rate)
         att = 1.0 if rate <= 5.0 else 0.5
         return {"deadline_attainment": att, "tdg_ratio": att, "ttft_p99": 1.0,

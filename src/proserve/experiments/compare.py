@@ -27,9 +27,9 @@ KV_FIELDS = ["preemption_mode", "preemptions_offload", "preemptions_recompute",
 PER_CLASS = ("tdg_ratio", "slo_attainment", "ttft_p99", "max_wait_s", "rejected")
 
 
-def _run_point(cfg_json: str) -> dict:
-    cfg = SimConfig.model_validate_json(cfg_json)
-    return run(cfg)
+def _run_point(cfg: dict) -> dict:
+    # a python-mode dump, not JSON: JSON turns inf (e.g. policy_args tau_s) into null
+    return run(SimConfig.model_validate(cfg))
 
 
 def label(r: dict) -> str:
@@ -63,7 +63,7 @@ def run_grid(
                 on_done(results[-1])
     else:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            futs = [ex.submit(_run_point, c.model_dump_json()) for c in cfgs]
+            futs = [ex.submit(_run_point, c.model_dump()) for c in cfgs]
             for f in as_completed(futs):
                 results.append(f.result())
                 if on_done:

@@ -36,8 +36,9 @@ from ..latency.model import LatencyModel
 from ..sim.run import SimConfig, build_workload, load_model, run
 
 
-def _point(cfg_json: str) -> dict:
-    r = run(SimConfig.model_validate_json(cfg_json))
+def _point(cfg: dict) -> dict:
+    # a python-mode dump, not JSON: JSON turns inf (e.g. policy_args tau_s) into null
+    r = run(SimConfig.model_validate(cfg))
     r["sim_wall_s"] = 0.0
     return r
 
@@ -101,7 +102,7 @@ def search(base: SimConfig, *, threshold: float = 0.9, guess: float | None = Non
 
     def evaluate(rates: list[float], ex) -> None:
         todo = [r for r in dict.fromkeys(rates) if r not in points]
-        cfgs = [base.model_copy(update={"rate": r}).model_dump_json() for r in todo]
+        cfgs = [base.model_copy(update={"rate": r}).model_dump() for r in todo]
         results = list(ex.map(_point, cfgs)) if ex else [_point(c) for c in cfgs]
         for r, res in zip(todo, results):
             points[r] = res
