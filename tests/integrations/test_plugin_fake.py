@@ -601,6 +601,15 @@ def test_plan_skips_waiting_requests_without_a_slot_but_runs_later_running_ones(
     plan = plan_batch(shadows, math.inf, m, running={run_a, run_c}, free_slots=1,
                       token_cap=2048, min_chunk=50)
     assert plan.token_budget == 302 and plan.admitted == 1
+    # the jump over the waiting queue once no slot is left gives the same plan
+    for slots in (0, 1):
+        plain = plan_batch(shadows, math.inf, m, running={run_a, run_c}, free_slots=slots,
+                           token_cap=2048, min_chunk=50)
+        jumped = plan_batch(shadows, math.inf, m, running={run_a, run_c}, free_slots=slots,
+                            token_cap=2048, min_chunk=50,
+                            running_order=[(0, shadows[0]), (2, shadows[2])])
+        assert (jumped.token_budget, jumped.admitted, jumped.taken_running) == (
+            plain.token_budget, plain.admitted, plain.taken_running)
 
 
 def test_plan_walks_the_late_slice_first_then_the_order_without_it() -> None:

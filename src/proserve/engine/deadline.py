@@ -76,6 +76,30 @@ class UnifiedQueueScheduler(BaseScheduler):
             raise ValueError("min_chunk must be >= 1")
         self.min_chunk = min_chunk
         self.table = RequestTable(model, deadline)
+        # GIL-holding sorts (see lexsort below); set by engines that run other Python threads
+        self._hold_gil = False
+
+    @property
+    def hold_gil(self) -> bool:
+        return self._hold_gil
+
+    @hold_gil.setter
+    def hold_gil(self, on: bool) -> None:
+        self._hold_gil = self.table.hold_gil = bool(on)
+
+    def lexsort(self, keys: tuple[np.ndarray, ...]) -> np.ndarray:
+        """``np.lexsort(keys)`` (last key primary), or the same order from Python's sort.
+
+        Why two: numpy's sorts release the GIL. Inside vLLM's engine core another Python thread
+        (the one that serialises the last step's outputs) then takes it and runs on the
+        scheduler's critical path, work that otherwise overlaps the model run (which releases
+        the GIL); py-spy showed the plug-in's sort as most of its share of engine-core time.
+        Python's sort holds the GIL. Both give the same order: the keys end on the unique id.
+        """
+        if not self._hold_gil:
+            return np.lexsort(keys)
+        rows = list(zip(*(k.tolist() for k in reversed(keys))))
+        return np.array(sorted(range(len(rows)), key=rows.__getitem__), dtype=np.intp)
 
     @property
     def ranker(self) -> PolicyRanker:
@@ -266,9 +290,9 @@ class AdaptiveCapacityScheduler(UnifiedQueueScheduler):
         if self.tiers:
             near = slack < self.near_frac * t.tpot[slots]
             tier = np.where(pre, 1, np.where(near, 0, 2))
-            order = np.lexsort((t.rid[slots], t.arrival[slots], dl, tier))
+            order = self.lexsort((t.rid[slots], t.arrival[slots], dl, tier))
         else:
-            order = np.lexsort((t.rid[slots], t.arrival[slots], dl))
+            order = self.lexsort((t.rid[slots], t.arrival[slots], dl))
         return order, budget
 
     def plan_small(self, now: float) -> tuple[list[Request], float]:

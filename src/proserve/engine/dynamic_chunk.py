@@ -48,7 +48,7 @@ class DynamicChunk(UnifiedQueueScheduler):
         pre = t.pre[slots]
         # decodes: next-token deadline; prefills: TTFT deadline minus own remaining prefill
         key = np.where(pre, t.arrival[slots] + t.ttft[slots] - t.t_hat[slots], t.dl[slots])
-        order = np.lexsort((t.rid[slots], t.arrival[slots], key, pre))
+        order = self.lexsort((t.rid[slots], t.arrival[slots], key, pre))
         dec = ~pre
         budget = self.margin * float(t.tpot[slots][dec].min()) if dec.any() else math.inf
         if budget < math.inf and pre.any():

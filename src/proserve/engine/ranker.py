@@ -76,6 +76,11 @@ class PolicyRanker:
     def __len__(self) -> int:
         return len(self.policy.table)
 
+    def hold_gil(self) -> None:
+        """Order with sorts that keep the GIL (for engines with other Python threads, such as
+        vLLM's engine core; ``UnifiedQueueScheduler.lexsort`` says why). Same order."""
+        self.policy.hold_gil = True
+
     @property
     def min_chunk(self) -> int:
         """The smallest prefill chunk the policy schedules unless it finishes the prompt."""

@@ -155,7 +155,7 @@ class SlideBatching(UnifiedQueueScheduler):
             (group == 1) | (group == 4), rem,
             -density * np.where(pre, self.w_p, self.w_d),
         )
-        order = np.lexsort((t.rid[slots], t.arrival[slots], key, group))
+        order = self.lexsort((t.rid[slots], t.arrival[slots], key, group))
         self.last_budget, self.last_phi = budget, phi
         self.last_urgent = int(urgent.sum())
         return order, budget

@@ -39,6 +39,7 @@ azure-code tail match, 1 changed little, so 4 stayed.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -72,10 +73,16 @@ class SlideBounded(SlideBatching):
         t = self.table
         late = np.flatnonzero(t.pre[slots] & (t.dl[slots] - now < t.t_hat[slots] + self.model.c0))
         if late.size > _MAX_LATE_PER_STEP:
-            late = late[np.argpartition(t.arrival[slots[late]],
-                                        _MAX_LATE_PER_STEP - 1)[:_MAX_LATE_PER_STEP]]
+            arrival = t.arrival[slots[late]]
+            if self.hold_gil:  # numpy's partition releases the GIL (UnifiedQueueScheduler.lexsort)
+                rows = list(zip(arrival.tolist(), t.rid[slots[late]].tolist()))
+                keep = heapq.nsmallest(_MAX_LATE_PER_STEP, range(late.size),
+                                       key=rows.__getitem__)
+            else:
+                keep = np.argpartition(arrival, _MAX_LATE_PER_STEP - 1)[:_MAX_LATE_PER_STEP]
+            late = late[keep]
         s = slots[late]
-        return late[np.lexsort((t.rid[s], t.arrival[s]))]
+        return late[self.lexsort((t.rid[s], t.arrival[s]))]
 
     def _late_small(self, now: float) -> list[Request]:
         """:meth:`_late_positions` in plain Python, for short queues (same floats, same order)."""

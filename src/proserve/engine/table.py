@@ -48,6 +48,8 @@ class RequestTable:
         # numpy scalars one by one would cost more than the numpy calls save.
         self.py_dl: list[float] = []
         self.py_t_hat: list[float] = []
+        self._active: np.ndarray | None = None  # cached active_slots(), until membership changes
+        self.hold_gil = False  # active_slots() without numpy's GIL release (deadline.py: lexsort)
         self._grow(capacity)
 
     def _grow(self, cap: int) -> None:
@@ -81,6 +83,7 @@ class RequestTable:
         if not self._free:
             self._grow(2 * len(self._reqs))
         s = self._free.pop()
+        self._active = None
         self._slot[r.id] = s
         self._reqs[s] = r
         self.weight[s] = r.weight
@@ -95,6 +98,7 @@ class RequestTable:
         s = self._slot.pop(r.id, None)
         if s is None:
             return
+        self._active = None
         self.alive[s] = False
         self._reqs[s] = None
         self._free.append(s)
@@ -153,8 +157,19 @@ class RequestTable:
         return [(s, reqs[s]) for s in self._slot.values()]  # type: ignore[misc]
 
     def active_slots(self) -> np.ndarray:
-        """Slots of live requests in ascending slot order."""
-        return np.flatnonzero(self.alive)
+        """Slots of live requests in ascending slot order (read-only; cached until a request is
+        added or removed).
+
+        Why cached: most steps change no membership, and inside vLLM's engine core a numpy call
+        over more than 500 elements (this scan covers the table's capacity) releases the GIL,
+        which vLLM's output thread then holds for up to its switch interval: measured with
+        py-spy as the plug-in's largest cost (docs/BENCHMARKS.md section 15).
+        """
+        if self._active is None:
+            self._active = (np.array(sorted(self._slot.values()), dtype=np.intp)
+                            if self.hold_gil else np.flatnonzero(self.alive))
+            self._active.flags.writeable = False
+        return self._active
 
     def requests_at(self, slots: np.ndarray) -> list[Request]:
         reqs = self._reqs

@@ -63,6 +63,7 @@ def plan_batch(
     pacing: bool = True,
     late: Sequence[Request] = (),
     late_budget: float = 0.0,
+    running_order: Sequence[tuple[int, Request]] | None = None,
 ) -> BatchPlan:
     """Walk ``order`` (shadow requests whose ``handle`` is the vLLM request) under ``budget``.
 
@@ -70,14 +71,18 @@ def plan_batch(
     ``free_slots`` is how many more requests vLLM may admit this step. ``late`` is walked first
     under ``late_budget`` (``slide-bounded``'s late slice, :meth:`Ranker.late_work`); the step's
     time then carries on into the walk of ``order``, which skips what the slice took.
+    ``running_order``, the running shadows with their positions in ``order`` (ascending), lets
+    the walk jump over the waiting requests once no sequence slot is left (under overload most of
+    a long queue), so the walk costs the batch, not the queue.
     """
     if not latency_budget:
         budget = math.inf
     d1, d2 = model.d1, model.d2
     st = _Walk(t=model.c0, free_slots=free_slots)
 
-    def walk(items: Sequence[Request], limit: float, skip: set[int]) -> None:
-        for sh in items:
+    def walk(items: Sequence[Request], limit: float, skip: set[int],
+             jump: Sequence[tuple[int, Request]] | None = None) -> None:
+        for i, sh in enumerate(items):
             room = token_cap - st.tokens
             if room <= 0:
                 return
@@ -85,6 +90,10 @@ def plan_batch(
                 continue
             h = sh.handle
             is_running = h in running
+            if jump is not None and not is_running and st.free_slots <= 0:
+                # only running requests can still be taken: walk them alone from here on
+                walk([r for pos, r in jump if pos > i], limit, skip)
+                return
             p = sh.computed
             pend = sh.prompt_len + sh.generated - p
             left = limit - st.t
@@ -114,7 +123,7 @@ def plan_batch(
 
     if late and late_budget > 0:
         walk(late, late_budget, set())
-    walk(order, budget, st.took)
+    walk(order, budget, st.took, running_order)
     plan = BatchPlan(token_budget=max(st.tokens, 1), taken_running=len(st.taken),
                      admitted=st.admitted, predicted_s=st.t)
     left_out = [h for h in running if id(h) not in st.taken]

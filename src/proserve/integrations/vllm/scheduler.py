@@ -134,6 +134,8 @@ class ProServeScheduler(AsyncScheduler):
                              "slide-bounded, slide-nostarve, edf, fairbatching or another "
                              "unified-queue policy")
         self.ranker: Ranker = ranker
+        if hasattr(ranker, "hold_gil"):  # vLLM's output thread must not run on our step
+            ranker.hold_gil()
         # the batch decision (batch.py): on by default when the config names a profile (the
         # latency model of *this* hardware: `proserve fit` or `proserve profile`), since its
         # time budget, chunks and pacing are only as good as that model; off without one
@@ -328,8 +330,14 @@ class ProServeScheduler(AsyncScheduler):
                     late_budget: float) -> None:
         """SlideBatching's batch decision (batch.py) as vLLM's token budget and step skips."""
         running = self.running
+        shadows = self.shadows
+        # running shadows with their positions in ``order`` (each vLLM request's priority is
+        # its position, set this step), so the walk can skip a long waiting queue
+        jump = sorted(((r.priority, sh) for r in running
+                       if (sh := shadows.get(r.request_id)) is not None and sh.handle is r),
+                      key=lambda x: x[0])
         plan = plan_batch(
-            order, budget, self.latency_model, running=set(running),
+            order, budget, self.latency_model, running=set(running), running_order=jump,
             free_slots=self.max_num_running_reqs - len(running),
             token_cap=self.configured_token_budget,
             min_chunk=getattr(self.ranker, "min_chunk", 1),
