@@ -40,6 +40,6 @@ def test_policies_rank_the_same_holding_the_gil() -> None:
                                    output_len=10, ttft_slo=1.0, tpot_slo=0.1,
                                    weight=1.0 + i % 3))
             order, budget = ranker.ordered(3.0)
-            late, limit = ranker.late_work(3.0, budget)
-            orders.append(([r.id for r in order], budget, [r.id for r in late], limit))
+            late, limit, tokens = ranker.late_work(3.0, budget)
+            orders.append(([r.id for r in order], budget, [r.id for r in late], limit, tokens))
         assert orders[0] == orders[1], name

@@ -640,8 +640,8 @@ def test_slide_bounded_ranker_hands_its_late_prefills_first(mk, clock) -> None:
     fresh = req("fresh", prio=0, arrival=T0, prompt=300)
     add(s, fresh, old)
     s.schedule()
-    late, limit = s.ranker.late_work(T0, math.inf)
-    assert [sh.handle for sh in late] == [old] and limit > 0
+    late, limit, tokens = s.ranker.late_work(T0, math.inf)
+    assert [sh.handle for sh in late] == [old] and limit > 0 and 0 < tokens < 2048
     assert s.at_entry.waiting[0] == "old"  # its slice comes before the gain order
 
 

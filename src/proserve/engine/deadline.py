@@ -57,6 +57,8 @@ from .base import BaseScheduler, SchedulerOutput, register_policy
 from .ranker import PolicyRanker
 from .table import DeadlineFn, RequestTable, strict_deadline
 
+_GIL_SORT_MAX = 512  # rows up to which lexsort() sorts in Python when holding the GIL
+
 
 class UnifiedQueueScheduler(BaseScheduler):
     """One queue for all unfinished requests plus the shared time-budgeted batch walk.
@@ -95,8 +97,10 @@ class UnifiedQueueScheduler(BaseScheduler):
         scheduler's critical path, work that otherwise overlaps the model run (which releases
         the GIL); py-spy showed the plug-in's sort as most of its share of engine-core time.
         Python's sort holds the GIL. Both give the same order: the keys end on the unique id.
+        Above ``_GIL_SORT_MAX`` rows Python's sort costs more than the other thread's work it
+        keeps off the critical path (benchmarks/plugin_step_cost.py), so numpy sorts those.
         """
-        if not self._hold_gil:
+        if not self._hold_gil or len(keys[0]) > _GIL_SORT_MAX:
             return np.lexsort(keys)
         rows = list(zip(*(k.tolist() for k in reversed(keys))))
         return np.array(sorted(range(len(rows)), key=rows.__getitem__), dtype=np.intp)
@@ -162,14 +166,15 @@ class UnifiedQueueScheduler(BaseScheduler):
         self._walk(order, budget, out)
         return out
 
-    def _walk(self, order: Sequence[Request], budget: float, out: SchedulerOutput) -> None:
+    def _walk(self, order: Sequence[Request], budget: float, out: SchedulerOutput,
+              tok_cap: int | None = None) -> None:
         # Hot loop (runs for every scheduled sequence of every step): attribute lookups hoisted,
         # the batch append inlined, and KV allocation called only when a block boundary is
         # crossed (15 of 16 decode steps need no new block).
         m = self.model
         c1, c2, c3, c4, c5, d1, d2 = m.c1, m.c2, m.c3, m.c4, m.c5, m.d1, m.d2
         bs = self.kv.block_size
-        tok_cap = self.max_num_batched_tokens
+        tok_cap = self.max_num_batched_tokens if tok_cap is None else tok_cap
         seq_cap = self.max_num_seqs
         min_chunk = self.min_chunk
         running = Status.RUNNING

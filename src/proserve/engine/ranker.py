@@ -36,7 +36,8 @@ class Ranker(Protocol):
     def refresh(self, r: Request) -> None: ...
     def refresh_many(self, rs: Iterable[Request]) -> None: ...
     def ordered(self, now: float) -> tuple[list[Request], float]: ...
-    def late_work(self, now: float, budget: float) -> tuple[list[Request], float]: ...
+    def late_work(self, now: float,
+                  budget: float) -> tuple[list[Request], float, int]: ...
     def __len__(self) -> int: ...
 
 
@@ -68,10 +69,11 @@ class PolicyRanker:
     def ordered(self, now: float) -> tuple[list[Request], float]:
         return self.policy.ordered(now)
 
-    def late_work(self, now: float, budget: float) -> tuple[list[Request], float]:
-        """Requests to walk first, in a slice of the step with this time limit (with c0)."""
+    def late_work(self, now: float, budget: float) -> tuple[list[Request], float, int]:
+        """Requests to walk first, in a slice of the step with this time limit (with c0) and
+        token limit."""
         late_work = getattr(self.policy, "late_work", None)
-        return late_work(now, budget) if late_work is not None else ([], 0.0)
+        return late_work(now, budget) if late_work is not None else ([], 0.0, 0)
 
     def __len__(self) -> int:
         return len(self.policy.table)

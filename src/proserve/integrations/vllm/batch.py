@@ -63,13 +63,15 @@ def plan_batch(
     pacing: bool = True,
     late: Sequence[Request] = (),
     late_budget: float = 0.0,
+    late_tokens: int = 0,
     running_order: Sequence[tuple[int, Request]] | None = None,
 ) -> BatchPlan:
     """Walk ``order`` (shadow requests whose ``handle`` is the vLLM request) under ``budget``.
 
     ``running`` holds the vLLM requests in vLLM's running list (a set, for membership);
     ``free_slots`` is how many more requests vLLM may admit this step. ``late`` is walked first
-    under ``late_budget`` (``slide-bounded``'s late slice, :meth:`Ranker.late_work`); the step's
+    under ``late_budget`` and ``late_tokens`` (``slide-bounded``'s late slice,
+    :meth:`Ranker.late_work`); the step's
     time then carries on into the walk of ``order``, which skips what the slice took.
     ``running_order``, the running shadows with their positions in ``order`` (ascending), lets
     the walk jump over the waiting requests once no sequence slot is left (under overload most of
@@ -81,9 +83,9 @@ def plan_batch(
     st = _Walk(t=model.c0, free_slots=free_slots)
 
     def walk(items: Sequence[Request], limit: float, skip: set[int],
-             jump: Sequence[tuple[int, Request]] | None = None) -> None:
+             jump: Sequence[tuple[int, Request]] | None = None, cap: int = token_cap) -> None:
         for i, sh in enumerate(items):
-            room = token_cap - st.tokens
+            room = cap - st.tokens
             if room <= 0:
                 return
             if id(sh) in skip:
@@ -92,7 +94,7 @@ def plan_batch(
             is_running = h in running
             if jump is not None and not is_running and st.free_slots <= 0:
                 # only running requests can still be taken: walk them alone from here on
-                walk([r for pos, r in jump if pos > i], limit, skip)
+                walk([r for pos, r in jump if pos > i], limit, skip, cap=cap)
                 return
             p = sh.computed
             pend = sh.prompt_len + sh.generated - p
@@ -122,7 +124,7 @@ def plan_batch(
             st.t += cost
 
     if late and late_budget > 0:
-        walk(late, late_budget, set())
+        walk(late, late_budget, set(), cap=min(late_tokens or token_cap, token_cap))
     walk(order, budget, st.took, running_order)
     plan = BatchPlan(token_budget=max(st.tokens, 1), taken_running=len(st.taken),
                      admitted=st.admitted, predicted_s=st.t)

@@ -299,7 +299,7 @@ class ProServeScheduler(AsyncScheduler):
         if self._sync():
             now = time.time()  # vLLM's arrival_time clock
             order, budget = self.ranker.ordered(now)
-            late, late_budget = self.ranker.late_work(now, budget)
+            late, late_budget, late_tokens = self.ranker.late_work(now, budget)
             if late:  # slide-bounded's late slice goes first (batch.py walks it first too)
                 first = {id(sh) for sh in late}
                 order = [*late, *(sh for sh in order if id(sh) not in first)]
@@ -320,14 +320,14 @@ class ProServeScheduler(AsyncScheduler):
             if self.tail_preemption:
                 self._preempt_for_waiting(now)
             if self.use_latency_budget or self.time_chunks or self.decode_pacing:
-                self._apply_plan(order, budget, late, late_budget)
+                self._apply_plan(order, budget, late, late_budget, late_tokens)
         try:
             return super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens = self.configured_token_budget
 
     def _apply_plan(self, order: list[Request], budget: float, late: list[Request],
-                    late_budget: float) -> None:
+                    late_budget: float, late_tokens: int) -> None:
         """SlideBatching's batch decision (batch.py) as vLLM's token budget and step skips."""
         running = self.running
         shadows = self.shadows
@@ -342,7 +342,8 @@ class ProServeScheduler(AsyncScheduler):
             token_cap=self.configured_token_budget,
             min_chunk=getattr(self.ranker, "min_chunk", 1),
             latency_budget=self.use_latency_budget, time_chunks=self.time_chunks,
-            pacing=self.decode_pacing, late=late, late_budget=late_budget)
+            pacing=self.decode_pacing, late=late, late_budget=late_budget,
+            late_tokens=late_tokens)
         self.max_num_scheduled_tokens = plan.token_budget
         if plan.paced:
             # vLLM's schedule() advances current_step before it checks eligibility, so

@@ -1,0 +1,35 @@
+"""slide-bounded's late slice is bounded by a share of the step's tokens as well as its time: where
+the token cap binds first (a small model on a fast engine), the time bound alone let late work
+take the whole step, first-come first-served."""
+
+from __future__ import annotations
+
+from tests.conftest import toy_model
+
+from proserve.core.request import Request
+from proserve.engine import make_scheduler
+
+
+def _req(i: int, arrival: float, ttft: float, prompt: int = 1500) -> Request:
+    return Request(id=i, arrival=arrival, prompt_len=prompt, output_len=4, ttft_slo=ttft,
+                   tpot_slo=0.1)
+
+
+def test_late_slice_takes_at_most_its_share_of_the_token_cap() -> None:
+    pol = make_scheduler("slide-bounded", toy_model(), max_num_batched_tokens=2048)
+    late = [_req(i, arrival=-100.0, ttft=1.0) for i in range(20)]  # ~99 s late: full share
+    # urgent (its slack is under the queue's drain time, ~0.68 s) but feasible with 0.5 s of
+    # slack: the step's latency budget is 0.5 s, so a time bound alone would be ~0.12 s, room
+    # for ~6,000 tokens on this model: far past the cap
+    fresh = _req(100, arrival=0.0, ttft=0.5)
+    fresh.weight = 10.0  # the gain order puts it first among urgent prefills
+    for r in (*late, fresh):
+        assert pol.add_request(r, 0.0)
+    out = pol.schedule(0.0)
+    assert pol.last_share == 0.25
+    first_fresh = next(i for i, r in enumerate(out.reqs) if r is fresh)
+    slice_tokens = sum(out.num_tokens[:first_fresh])
+    assert all(r in late for r in out.reqs[:first_fresh])
+    assert 0 < slice_tokens <= 0.25 * 2048  # the slice: at most a quarter of the token cap
+    late_work, limit_s, limit_tokens = pol.ranker.late_work(0.0, 0.5)
+    assert limit_tokens == 512 and limit_s > 0.1  # the time bound would not have bound
