@@ -33,3 +33,21 @@ def test_late_slice_takes_at_most_its_share_of_the_token_cap() -> None:
     assert 0 < slice_tokens <= 0.25 * 2048  # the slice: at most a quarter of the token cap
     late_work, limit_s, limit_tokens = pol.ranker.late_work(0.0, 0.5)
     assert limit_tokens == 512 and limit_s > 0.1  # the time bound would not have bound
+
+
+def test_late_work_holds_at_most_its_share_of_the_sequence_slots() -> None:
+    pol = make_scheduler("slide-bounded", toy_model(), max_num_seqs=8)  # share 0.25: 2 slots
+    late = [_req(i, arrival=-100.0 + i, ttft=1.0, prompt=100) for i in range(6)]
+    for r in late:
+        assert pol.add_request(r, 0.0)
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == late[:2]  # nothing late holds a slot yet: two may start
+    late[0].computed = 50  # the two oldest now hold KV, still prefilling past their deadline
+    late[1].computed = 50
+    pol.table.refresh_many(late[:2])
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == late[:2]  # they go on; no new late request starts while they hold slots
+    late[1].computed = 0  # preempted: its slot is free again, the next oldest may start
+    pol.table.refresh_many([late[1]])
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == [late[0], late[1]]

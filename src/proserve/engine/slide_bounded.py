@@ -99,14 +99,48 @@ class SlideBounded(SlideBatching):
         return self.late_share * min(1.0, max(lateness, 0.0) /
                                      (self.late_horizon * oldest.ttft_slo))
 
+    def _late_holding(self, now: float, slots: np.ndarray, small: bool) -> int:
+        """Late work holding a sequence slot: requests with KV computed whose first token came
+        after its deadline, or that are still prefilling past it."""
+        t = self.table
+        if small:
+            return sum(1 for s, r in t.items() if r.computed > 0 and (
+                t.late_first[s] or (r.generated == 0 and now > r.arrival + r.ttft_slo)))
+        past = t.arrival[slots] + t.ttft[slots] < now
+        return int((t.partial[slots] & (t.late_first[slots] | (t.pre[slots] & past))).sum())
+
     def _late(self, now: float, slots: np.ndarray, small: bool) -> tuple[np.ndarray, list[Request]]:
-        """The late prefills this step considers (positions into ``slots``, requests)."""
+        """The late prefills this step considers (positions into ``slots``, requests): those
+        that already hold KV, and new ones only while late work holds fewer than ``share`` of
+        the sequence slots (:meth:`_late_slots`)."""
         if self.late_share <= 0:
             return slots[:0], []
         if small:  # a dozen numpy calls cost more than a Python pass over a short queue
-            return slots[:0], self._late_small(now)
-        late_pos = self._late_positions(slots, now)
-        return late_pos, (self.table.requests_at(slots[late_pos]) if late_pos.size else [])
+            late_pos, late = slots[:0], self._late_small(now)
+        else:
+            late_pos = self._late_positions(slots, now)
+            late = self.table.requests_at(slots[late_pos]) if late_pos.size else []
+        if not late:
+            return late_pos, late
+        room = self._late_slots(late[0], now) - self._late_holding(now, slots, small)
+        keep = []
+        for i, r in enumerate(late):
+            if r.computed > 0:
+                keep.append(i)
+            elif room > 0:
+                keep.append(i)
+                room -= 1
+        if len(keep) == len(late):
+            return late_pos, late
+        return late_pos[keep] if late_pos.size else late_pos, [late[i] for i in keep]
+
+    def _late_slots(self, oldest: Request, now: float) -> int:
+        """Sequence slots late work may hold: ``share`` of them (at least one while the share is
+        positive). Why: where slots, not time, are scarce (vLLM with 16 sequences), a late
+        request admitted by the slice holds its slot for its whole decode; the time and token
+        bounds alone then let late work fill every slot as slots free: FCFS again."""
+        share = self._share(oldest, now)
+        return max(int(share * self.max_num_seqs), 1) if share > 0 else 0
 
     def _slice_budget(self, late: list[Request], now: float,
                       budget: float) -> tuple[float, int]:

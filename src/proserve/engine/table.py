@@ -12,6 +12,7 @@ Columns per slot:
     t_hat    predicted cost this iteration without c0: all remaining prefill, or one decode step
     pre      prefill stage (fresh, chunked or recomputing after preemption)
     partial  has computed KV (a partly prefilled request goes before a fresh one in SlideBatching)
+    late_first  its first token came after its TTFT deadline (slide-bounded counts such requests)
     weight, arrival, ttft, tpot, rid: static request fields
 """
 
@@ -42,7 +43,7 @@ class RequestTable:
         self._slot: dict[int, int] = {}
         self._free: list[int] = []
         self.dl = self.t_hat = self.weight = self.arrival = self.ttft = self.tpot = np.empty(0)
-        self.pre = self.partial = self.alive = np.empty(0, bool)
+        self.pre = self.partial = self.alive = self.late_first = np.empty(0, bool)
         self.rid = np.empty(0, np.int64)
         # Python-float mirrors of the changing columns for the small-queue path, where reading
         # numpy scalars one by one would cost more than the numpy calls save.
@@ -64,6 +65,7 @@ class RequestTable:
         self.weight, self.arrival = ext(self.weight), ext(self.arrival)
         self.ttft, self.tpot = ext(self.ttft), ext(self.tpot)
         self.pre, self.partial, self.alive = ext(self.pre), ext(self.partial), ext(self.alive)
+        self.late_first = ext(self.late_first)
         self.rid = ext(self.rid)
         self._reqs.extend([None] * (cap - old))
         self.py_dl.extend([0.0] * (cap - old))
@@ -121,6 +123,7 @@ class RequestTable:
         dls: list[float] = []
         pres: list[bool] = []
         parts: list[bool] = []
+        lates: list[bool] = []
         for r in reqs:
             s = slot_of.get(r.id)
             if s is None:
@@ -138,18 +141,22 @@ class RequestTable:
             dls.append(dl)
             pres.append(pre)
             parts.append(p > 0)
+            lates.append(r.first_token_time > r.arrival + r.ttft_slo)
         if len(slots) > 24:  # one fancy-indexed write per column pays off only for big batches
             self.t_hat[slots] = ths
             self.dl[slots] = dls
             self.pre[slots] = pres
             self.partial[slots] = parts
+            self.late_first[slots] = lates
         else:
             t_hat, dl_col, pre_col, part_col = self.t_hat, self.dl, self.pre, self.partial
-            for s, th, dl, pre, part in zip(slots, ths, dls, pres, parts):
+            late_col = self.late_first
+            for s, th, dl, pre, part, late in zip(slots, ths, dls, pres, parts, lates):
                 t_hat[s] = th
                 dl_col[s] = dl
                 pre_col[s] = pre
                 part_col[s] = part
+                late_col[s] = late
 
     def items(self) -> list[tuple[int, Request]]:
         """(slot, request) pairs of live requests, for the small-queue Python path."""

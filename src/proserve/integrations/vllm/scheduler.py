@@ -127,6 +127,9 @@ class ProServeScheduler(AsyncScheduler):
         self.by_name = {c.name: c for c in self.classes}
         policy = cfg.get("policy", "slide-bounded")
         self.slide = make_scheduler(policy, self.latency_model, **cfg.get("policy_args", {}))
+        # the policy's caps are vLLM's (its late slice is a share of the step's tokens and slots)
+        self.slide.max_num_seqs = self.max_num_running_reqs
+        self.slide.max_num_batched_tokens = self.max_num_scheduled_tokens
         ranker = getattr(self.slide, "ranker", None)
         if not isinstance(ranker, Ranker):
             raise ValueError(f"plug-in policy {policy!r} has no unified-queue ranker (the "
@@ -345,6 +348,13 @@ class ProServeScheduler(AsyncScheduler):
             pacing=self.decode_pacing, late=late, late_budget=late_budget,
             late_tokens=late_tokens)
         self.max_num_scheduled_tokens = plan.token_budget
+        # vLLM hands each running request, in list order, all its pending tokens the budget
+        # still allows: a running prefill ahead of the decodes the walk took would eat their
+        # tokens (vLLM then stops at the first one it cannot serve, unpaced yet unscheduled).
+        # So the decodes go first, each needing one token, then the prefills in rank order;
+        # KV-pressure preemption still takes the worst rank (vLLM compares priorities).
+        running.sort(key=lambda r: (shadows[r.request_id].in_prefill
+                                    if r.request_id in shadows else True, r.priority))
         if plan.paced:
             # vLLM's schedule() advances current_step before it checks eligibility, so
             # current_step + 2 skips this step alone (vLLM's diffusion scheduler does the same)
