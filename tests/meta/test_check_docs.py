@@ -45,3 +45,10 @@ def test_a_table_without_a_raw_comment_fails(tmp_path: Path) -> None:
     r = _run("--doc", str(bad), "--root", str(ROOT))
     assert r.returncode == 1, r.stdout
     assert "99. New" in r.stdout and "no <!-- raw:" in r.stdout, r.stdout
+
+
+def test_claims_page_matches_its_raw_output() -> None:
+    # docs/CLAIMS.md (issue 16): the papers' claims beside our sweep results
+    r = _run("--doc", str(ROOT / "docs" / "CLAIMS.md"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"check_docs: 2 tables, \d+ numbers checked, 0 mismatches", r.stdout), r.stdout
