@@ -56,6 +56,32 @@ def need(ok: object, reason: str) -> None:
     pytest.skip(reason)
 
 
+def apt_binary(package: str, find, timeout: float = 900) -> str:
+    """A program from Debian's ``package``, installed with apt-get (as root) if ``find()`` does
+    not find it; a machine where that cannot be done skips the calling test locally and fails it
+    in CI, naming why (:func:`need`). ``find`` returns the program's path or None."""
+    import shutil
+    import subprocess
+
+    path = find()
+    why = ""
+    if path is None:
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            why = f"{package} is not installed and apt-get (as root) is not available"
+        else:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            for cmd in (["apt-get", "install", "-y", package],
+                        ["bash", "-c", f"apt-get update && apt-get install -y {package}"]):
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+                path = find()
+                if path:
+                    break
+                why = (f"apt-get install -y {package} failed (exit {r.returncode}): "
+                       f"{(r.stderr or r.stdout)[-600:]}")
+    need(path, why or f"{package} not found")
+    return str(path)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``vllm`` unless PROSERVE_VLLM_TESTS=1 (CI sets it in .ci/run)."""
     if os.environ.get("PROSERVE_VLLM_TESTS") == "1":

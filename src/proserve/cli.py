@@ -29,6 +29,7 @@ def _fail(msg: str) -> None:
 
 
 def _parse_value(v: str) -> Any:
+    """``key=value`` values as the CLI reads them: booleans, ints, floats, else the string."""
     low = v.lower()
     if low in ("true", "false"):
         return low == "true"

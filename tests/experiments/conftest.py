@@ -13,8 +13,6 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -204,23 +202,8 @@ def expected_figures() -> dict[str, set[str]]:
 
 def chromium_binary() -> str:
     """Debian's Chromium, installed with apt-get (as root) if missing; otherwise the calling
-    test skips locally and fails in CI, naming why (tests/conftest.py: need)."""
-    from tests.conftest import need
+    test skips locally and fails in CI, naming why (tests/conftest.py: apt_binary)."""
+    from tests.conftest import apt_binary
 
-    path = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
-    why = ""
-    if path is None:
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            why = "/usr/bin/chromium is not installed and apt-get (as root) is not available"
-        else:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            for cmd in (["apt-get", "install", "-y", "chromium"],
-                        ["bash", "-c", "apt-get update && apt-get install -y chromium"]):
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-                if os.path.exists("/usr/bin/chromium"):
-                    path = "/usr/bin/chromium"
-                    break
-                why = (f"apt-get install -y chromium failed (exit {r.returncode}): "
-                       f"{(r.stderr or r.stdout)[-600:]}")
-    need(path, why or "/usr/bin/chromium not found")
-    return str(path)
+    return apt_binary("chromium", lambda: "/usr/bin/chromium"
+                      if os.path.exists("/usr/bin/chromium") else None)

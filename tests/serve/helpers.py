@@ -68,32 +68,13 @@ def free_port_block(n: int) -> int:
 
 
 def redis_server_binary() -> str:
-    """The ``redis-server`` binary, installed with apt-get (as root) if missing. A machine
-    where that cannot be done skips the calling test locally and fails it in CI, naming why
-    (tests/conftest.py: need)."""
-    import os
+    """The ``redis-server`` binary, installed with apt-get (as root) if missing (see
+    tests/conftest.py: apt_binary)."""
     import shutil
-    import subprocess
 
-    from tests.conftest import need
+    from tests.conftest import apt_binary
 
-    path = shutil.which("redis-server")
-    why = ""
-    if path is None:
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            why = "redis-server is not installed and apt-get (as root) is not available"
-        else:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            for cmd in (["apt-get", "install", "-y", "redis-server"],
-                        ["bash", "-c", "apt-get update && apt-get install -y redis-server"]):
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-                path = shutil.which("redis-server")
-                if path:
-                    break
-                why = (f"apt-get install -y redis-server failed (exit {r.returncode}): "
-                       f"{(r.stderr or r.stdout)[-600:]}")
-    need(path, why or "redis-server not found")
-    return str(path)
+    return apt_binary("redis-server", lambda: shutil.which("redis-server"), timeout=600)
 
 
 class RedisServer:

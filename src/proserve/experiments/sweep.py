@@ -76,7 +76,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..sim.run import SimConfig, run
 
-# bump when the meaning of a cached point changes without a code change (it is in every hash)
+# bump when the meaning of a cached point changes without a change to the hashed code (it is in
+# every hash), e.g. when this module changes what a point stores (it is not hashed itself)
 HASH_VERSION = 1
 TIMELINE_MAX_SAMPLES = 2000
 
@@ -191,15 +192,9 @@ def normalize_key(raw: Any, where: str, kind: str) -> str:
 
 def _parse_scalar(v: str) -> Any:
     """``key=value`` values as the CLI reads them: booleans, ints, floats, else the string."""
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    return v
+    from ..cli import _parse_value
+
+    return _parse_value(v)
 
 
 def normalize_value(name: str, value: Any, where: str) -> Any:
@@ -346,15 +341,26 @@ def load_config(path: str | os.PathLike[str]) -> SweepConfig:
 
 
 # ---------------------------------------------------------------------------- hashing
+# Parts of the package that cannot change a point's numbers: the command line, live serving, the
+# vLLM plug-in, profiling tools, and the sweep and report machinery themselves (a sweep point is
+# ``sim.run.run`` or ``experiments.goodput.search``). Left out of the code hash, so editing them
+# does not invalidate every cached point.
+_NOT_IN_CODE_HASH = ("cli.py", "serve/", "integrations/", "profiling/", "experiments/sweep.py",
+                     "experiments/report.py", "experiments/plots.py",
+                     "experiments/prefix_vllm.py")
+
+
 @lru_cache(maxsize=1)
 def code_hash() -> str:
     """sha256 over the installed package's ``*.py`` files and shipped profiles (relative path and
-    bytes, sorted by path): any change to the code that computes a point changes its key.
-    Computed once per process (the one piece of module state)."""
+    bytes, sorted by path), except the parts that cannot change a point (``_NOT_IN_CODE_HASH``):
+    any change to the code that computes a point changes its key. Computed once per process (the
+    one piece of module state)."""
     import proserve
 
     root = Path(proserve.__file__).resolve().parent
-    files = set(root.rglob("*.py"))
+    files = {p for p in root.rglob("*.py")
+             if not p.relative_to(root).as_posix().startswith(_NOT_IN_CODE_HASH)}
     prof = root / "latency" / "profiles"
     if prof.is_dir():
         files |= {p for p in prof.iterdir() if p.is_file()}
