@@ -29,16 +29,9 @@ def _fail(msg: str) -> None:
 
 
 def _parse_value(v: str) -> Any:
-    """``key=value`` values as the CLI reads them: booleans, ints, floats, else the string."""
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    return v
+    from .experiments.sweep import parse_scalar  # one parser for the CLI and sweep configs
+
+    return parse_scalar(v)
 
 
 def _policy_args(items: list[str] | None, flag: str = "--policy-arg") -> dict[str, Any]:

@@ -190,11 +190,18 @@ def normalize_key(raw: Any, where: str, kind: str) -> str:
     return name
 
 
-def _parse_scalar(v: str) -> Any:
-    """``key=value`` values as the CLI reads them: booleans, ints, floats, else the string."""
-    from ..cli import _parse_value
-
-    return _parse_value(v)
+def parse_scalar(v: str) -> Any:
+    """``key=value`` values as the CLI reads them (``--policy-arg``, sweep strings): booleans,
+    ints, floats, else the string."""
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    return v
 
 
 def normalize_value(name: str, value: Any, where: str) -> Any:
@@ -213,7 +220,7 @@ def normalize_value(name: str, value: Any, where: str) -> Any:
                 if not eq or not k.strip():
                     raise SweepError(f"{where}: {name} expects key=value items or a mapping, "
                                      f"got {it!r}")
-                out[k.strip().replace("-", "_")] = _parse_scalar(v.strip())
+                out[k.strip().replace("-", "_")] = parse_scalar(v.strip())
             return out
         raise SweepError(f"{where}: {name} must be a mapping (or key=value strings), "
                          f"got {value!r}")

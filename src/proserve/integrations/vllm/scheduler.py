@@ -318,12 +318,13 @@ class ProServeScheduler(AsyncScheduler):
             for i, r in enumerate(handles):
                 r.priority = i
             ranked_waiting = [r for r in handles if r not in is_running]
-            running.sort(key=lambda r: r.priority)
             self.waiting.set_order(ranked_waiting)
             if self.tail_preemption:
                 self._preempt_for_waiting(now)
             if self.use_latency_budget or self.time_chunks or self.decode_pacing:
                 self._apply_plan(order, budget, late, late_budget, late_tokens)
+            else:  # vLLM serves its running list in order: ours (_apply_plan sorts its own way)
+                running.sort(key=lambda r: r.priority)
         try:
             return super().schedule(*args, **kwargs)
         finally:
