@@ -19,8 +19,9 @@ the step's time goes to what the order ranks first). Each part can be switched o
 
 * ``latency_budget`` off: the walk's budget is unbounded, only the token and sequence caps hold;
 * ``time_chunks`` off: a prefill takes all its pending tokens up to the token cap (vLLM's rule);
-* ``pacing`` off: no running request sits out; the token budget grows by the running decodes the
-  walk did not reach, so that they still run (vLLM runs running requests first).
+* ``pacing`` off: no running request sits out; the token budget grows by one token per running
+  request the walk did not reach, so that their decodes still run (vLLM runs running requests
+  first; a running prefill among them gets one more token, not its chunk).
 
 Cost: the walk stops at the budget, so it touches the batch plus the waiting requests it skips
 for want of a slot, not the whole queue. Pure Python over the plug-in's shadow requests; no vLLM
