@@ -10,6 +10,12 @@ the same engine arguments a server would take (``--engine-arg key=value``), pref
   with ``max_tokens=1+n``; the difference divided by ``n`` is one decode step of the batch, with
   the prefill and call overhead cancelled out.
 
+Every timed call follows an untimed call of the same shape (other random tokens, so no prefix-cache
+hit). Without it the first call of a shape pays one-off costs (kernel set-up for a new shape,
+threads waking from idle) that the subtraction above does not cancel: on a shared 2-core CI
+machine the ``max_tokens=1`` call of a fresh shape took longer than the ``1+n`` call after it, and
+every decode point came out non-positive.
+
 vLLM is imported lazily; it is not a dependency of proserve.
 """
 
@@ -22,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from .grid import decode_prompt_len, random_tokens
+
+_DECODE_TRIES = 3
 
 
 class OfflineBackend:
@@ -60,6 +68,7 @@ class OfflineBackend:
         return time.perf_counter() - t0
 
     def _prefill_once(self, q: int, p: int) -> float:
+        self._gen(self._prompts(1, p + q), 1)  # warm-up of the shape, untimed
         prefix = self._prompts(1, p)[0]["prompt_token_ids"] if p else []
         if p:
             self._gen([{"prompt_token_ids": prefix}], 1)
@@ -72,9 +81,17 @@ class OfflineBackend:
     def _decode_once(self, batch: int, context: int) -> float:
         n = self.decode_tokens
         plen = decode_prompt_len(context, n)
-        base = self._gen(self._prompts(batch, plen), 1)
-        full = self._gen(self._prompts(batch, plen), 1 + n)
-        return max(full - base, 1e-9) / n
+        self._gen(self._prompts(batch, plen), 1 + n)  # warm-up of the shape, untimed
+        for _ in range(_DECODE_TRIES):
+            base = self._gen(self._prompts(batch, plen), 1)
+            full = self._gen(self._prompts(batch, plen), 1 + n)
+            if full > base:
+                return (full - base) / n
+        # a clamped or made-up value would silently pull the fit's decode terms to zero
+        raise RuntimeError(
+            f"decode of batch {batch} at context {context}: {n} extra decode steps took no "
+            f"measurable time in {_DECODE_TRIES} tries (timing noise larger than {n} steps); "
+            "raise --decode-tokens or profile on a quieter machine")
 
     def time_decode(self, batch: int, context: int) -> float:
         return statistics.median(self._decode_once(batch, context) for _ in range(self.repeats))
