@@ -567,6 +567,22 @@ def plugin_compare(ctx: Ctx, row: list[str]) -> Expected:
     return out
 
 
+@rule("step-cost")
+def step_cost(ctx: Ctx, row: list[str]) -> Expected:
+    """plugin_step_cost.py JSON: rows 'max_num_seqs | live | variant'; columns schedule p50,
+    vLLM part p50, plug-in overhead p50 (us), overhead / vLLM priority's schedule()."""
+    r = find(ctx.files[0]["rows"], max_num_seqs=int(first_number(row[0])),
+             live=int(first_number(row[1])), variant=plain(row[2]))
+    vals = {"schedule() p50 us": r["schedule_us_p50"], "vLLM part p50 us": r["vllm_part_us_p50"],
+            "plug-in overhead p50 us": r["overhead_us_p50"],
+            "overhead / vLLM priority": r["overhead_vs_vllm_priority"]}
+    out: Expected = {0: None, 1: None, 2: None}
+    for c, h in enumerate(ctx.table.header[3:], start=3):
+        v = vals[plain(h)]
+        out[c] = None if v is None else [v]
+    return out
+
+
 @rule("plugin-sim")
 def plugin_sim(ctx: Ctx, row: list[str]) -> Expected:
     """vllm_plugin_compare.py --simulate printouts (.txt), one per row in table order; header

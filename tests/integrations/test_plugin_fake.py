@@ -543,6 +543,9 @@ class _FixedBudget:
     def ordered(self, now: float):
         return self.ranker.ordered(now)[0], self.budget
 
+    def ordered_head(self, now: float, k: int, must=()):
+        return self.ranker.ordered_head(now, k, must)[0], self.budget
+
 
 class _Handle:
     """A stand-in vLLM request: only its identity matters to plan_batch."""

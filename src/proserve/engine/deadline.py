@@ -60,6 +60,32 @@ from .table import DeadlineFn, RequestTable, strict_deadline
 _GIL_SORT_MAX = 512  # rows up to which lexsort() sorts in Python when holding the GIL
 
 
+def head_rows(keys: tuple[np.ndarray, ...], k: int) -> np.ndarray | None:
+    """Rows that form a prefix of ``np.lexsort(keys)``'s order at least ``k`` long (unsorted).
+
+    Key by key from the primary: the ``need``-th smallest value ``v`` (``np.partition``, linear
+    time); rows below ``v`` are in, rows above are out, and the rows equal to ``v`` are decided
+    by the next key. The last key is unique, so at most ``k`` rows plus exact ties come back.
+    None when ``v`` is NaN (the selection would be ambiguous; the caller sorts everything).
+    """
+    idx = np.arange(len(keys[0]))
+    parts = []
+    need = k
+    for key in reversed(keys):
+        if idx.size <= need:
+            break
+        vals = key[idx]
+        v = np.partition(vals, need - 1)[need - 1]
+        if v != v:
+            return None
+        below = vals < v
+        parts.append(idx[below])
+        need -= int(np.count_nonzero(below))
+        idx = idx[vals == v]
+    parts.append(idx)
+    return np.concatenate(parts)
+
+
 class UnifiedQueueScheduler(BaseScheduler):
     """One queue for all unfinished requests plus the shared time-budgeted batch walk.
 
@@ -140,7 +166,23 @@ class UnifiedQueueScheduler(BaseScheduler):
 
     def plan(self, now: float, slots: np.ndarray) -> tuple[np.ndarray, float]:
         """Order of ``slots`` (an index array into them) and the iteration's time budget."""
+        keys, budget = self.plan_keys(now, slots)
+        return self.lexsort(keys), budget
+
+    def plan_keys(self, now: float,
+                  slots: np.ndarray) -> tuple[tuple[np.ndarray, ...], float]:
+        """Sort keys of ``slots`` (``np.lexsort``'s convention: last key primary; the first key
+        is the unique request id, so the order is total) and the iteration's time budget.
+
+        Policies that express their order as keys get :meth:`ordered_head` cheaply; one that
+        overrides :meth:`plan` instead (its budget depends on the order) still works there, at
+        the cost of a full sort.
+        """
         raise NotImplementedError
+
+    @property
+    def _keyed(self) -> bool:
+        return type(self).plan_keys is not UnifiedQueueScheduler.plan_keys
 
     def plan_small(self, now: float) -> tuple[list[Request], float]:
         """The same order and budget as :meth:`plan`, computed in plain Python.
@@ -157,6 +199,41 @@ class UnifiedQueueScheduler(BaseScheduler):
         slots = self.table.active_slots()
         order, budget = self.plan(now, slots)
         return self.table.requests_at(slots[order]), budget
+
+    def ordered_head(self, now: float, k: int,
+                     must: Sequence[Request] = ()) -> tuple[list[Request], float]:
+        """The first ``k`` requests of :meth:`ordered`'s order followed by those of ``must``
+        that come later, in that order; and the same budget.
+
+        Why: an engine that admits only a few requests a step (the vLLM plug-in: its free
+        sequence slots) needs the head of the order and where its running requests stand, not
+        the order of a whole long queue. With 16 slots and 1,024 queued requests, sorting every
+        request and turning every row into a Python object each step was most of the plug-in's
+        cost (docs/BENCHMARKS.md section 15). Here the head is selected with ``np.partition``
+        (linear time) and only the selected rows are sorted; the result is exactly
+        :meth:`ordered`'s order restricted to those rows (tests/engine/test_ranker.py).
+        """
+        t = self.table
+        n = len(t)
+        if (n <= k + len(must) or n <= self.small_queue or not self._keyed
+                or (self._hold_gil and n <= _GIL_SORT_MAX)):
+            order, budget = self.ordered(now)
+            if n <= k:
+                return order, budget
+            want = {id(r) for r in must}
+            return order[:k] + [r for r in order[k:] if id(r) in want], budget
+        slots = t.active_slots()
+        keys, budget = self.plan_keys(now, slots)
+        rows = head_rows(keys, k)
+        if rows is None:  # a NaN key at the boundary: sort everything
+            rows = np.arange(n)
+        if must:  # a mask, not np.union1d (which sorts)
+            keep = np.zeros(n, bool)
+            keep[rows] = True
+            keep[np.searchsorted(slots, t.slots_of(must))] = True
+            rows = np.flatnonzero(keep)
+        sub = self.lexsort(tuple(key[rows] for key in keys))
+        return t.requests_at(slots[rows[sub]]), budget
 
     def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
@@ -280,7 +357,8 @@ class AdaptiveCapacityScheduler(UnifiedQueueScheduler):
         self.near_frac = near_frac
         self.tiers = tiers
 
-    def plan(self, now: float, slots: np.ndarray) -> tuple[np.ndarray, float]:
+    def plan_keys(self, now: float,
+                  slots: np.ndarray) -> tuple[tuple[np.ndarray, ...], float]:
         t = self.table
         dl = t.dl[slots]
         pre = t.pre[slots]
@@ -295,10 +373,8 @@ class AdaptiveCapacityScheduler(UnifiedQueueScheduler):
         if self.tiers:
             near = slack < self.near_frac * t.tpot[slots]
             tier = np.where(pre, 1, np.where(near, 0, 2))
-            order = self.lexsort((t.rid[slots], t.arrival[slots], dl, tier))
-        else:
-            order = self.lexsort((t.rid[slots], t.arrival[slots], dl))
-        return order, budget
+            return (t.rid[slots], t.arrival[slots], dl, tier), budget
+        return (t.rid[slots], t.arrival[slots], dl), budget
 
     def plan_small(self, now: float) -> tuple[list[Request], float]:
         t = self.table

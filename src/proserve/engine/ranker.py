@@ -10,7 +10,9 @@ the policy's internals (its table or its ``plan``).
 
 The protocol is small on purpose: ``add`` a request when the engine receives it, ``refresh`` it
 whenever its state changed (tokens computed, generated, preempted), ``remove`` it when it leaves,
-and ask ``ordered(now)`` for the order and budget of the next step, then ``late_work(now,
+and ask ``ordered(now)`` for the order and budget of the next step (or ``ordered_head(now, k,
+must)`` for only its first ``k`` requests plus where ``must`` stand: what an engine that admits a
+few requests a step needs), then ``late_work(now,
 budget)`` for work that goes before that order in a time slice of its own (``slide-bounded``'s
 late prefills; empty for the others). Requests are
 :class:`~proserve.core.request.Request` objects (the plug-in mirrors vLLM's into them).
@@ -18,7 +20,7 @@ late prefills; empty for the others). Requests are
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..core.request import Request
@@ -36,6 +38,8 @@ class Ranker(Protocol):
     def refresh(self, r: Request) -> None: ...
     def refresh_many(self, rs: Iterable[Request]) -> None: ...
     def ordered(self, now: float) -> tuple[list[Request], float]: ...
+    def ordered_head(self, now: float, k: int,
+                     must: Sequence[Request] = ()) -> tuple[list[Request], float]: ...
     def late_work(self, now: float,
                   budget: float) -> tuple[list[Request], float, int]: ...
     def __len__(self) -> int: ...
@@ -68,6 +72,13 @@ class PolicyRanker:
 
     def ordered(self, now: float) -> tuple[list[Request], float]:
         return self.policy.ordered(now)
+
+    def ordered_head(self, now: float, k: int,
+                     must: Sequence[Request] = ()) -> tuple[list[Request], float]:
+        """The first ``k`` of :meth:`ordered`'s order, then the later ones of ``must``, in order
+        (``UnifiedQueueScheduler.ordered_head``): what an engine that admits a few requests a
+        step needs, at a cost that does not grow with the queue's sort."""
+        return self.policy.ordered_head(now, k, must)
 
     def late_work(self, now: float, budget: float) -> tuple[list[Request], float, int]:
         """Requests to walk first, in a slice of the step with this time limit (with c0) and

@@ -125,7 +125,8 @@ class SlideBatching(UnifiedQueueScheduler):
             return budget, sum_t * budget / (budget - c0)
         return budget, math.inf  # every batch would be all overhead
 
-    def plan(self, now: float, slots: np.ndarray) -> tuple[np.ndarray, float]:
+    def plan_keys(self, now: float,
+                  slots: np.ndarray) -> tuple[tuple[np.ndarray, ...], float]:
         t = self.table
         c0 = self.model.c0
         t_hat = t.t_hat[slots]
@@ -155,10 +156,9 @@ class SlideBatching(UnifiedQueueScheduler):
             (group == 1) | (group == 4), rem,
             -density * np.where(pre, self.w_p, self.w_d),
         )
-        order = self.lexsort((t.rid[slots], t.arrival[slots], key, group))
         self.last_budget, self.last_phi = budget, phi
         self.last_urgent = int(urgent.sum())
-        return order, budget
+        return (t.rid[slots], t.arrival[slots], key, group), budget
 
     def plan_small(self, now: float) -> tuple[list[Request], float]:
         t = self.table

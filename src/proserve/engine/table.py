@@ -178,6 +178,11 @@ class RequestTable:
             self._active.flags.writeable = False
         return self._active
 
+    def slots_of(self, reqs: Iterable[Request]) -> list[int]:
+        """Table slots of those of ``reqs`` still in the table."""
+        slot_of = self._slot
+        return [slot_of[r.id] for r in reqs if r.id in slot_of]
+
     def requests_at(self, slots: np.ndarray) -> list[Request]:
         reqs = self._reqs
         return [reqs[s] for s in slots.tolist()]  # type: ignore[misc]

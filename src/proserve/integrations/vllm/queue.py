@@ -9,11 +9,16 @@ Here membership is a dict (O(1) add and remove) and the order is a list the plug
 step (:meth:`set_order`). ``peek``/``pop`` walk that list from a cursor, skipping requests that
 left; requests added since the last ranking (a preempted request put back mid-step) follow the
 ranked ones in arrival order until the next step ranks them.
+
+The list may be only the head of the order (the plug-in ranks as many waiting requests as vLLM
+can admit in a step, plus a margin): ``set_order(head, more=f)``. If vLLM walks past the head
+(it skipped requests it could not start), ``f()`` is called once for the whole order and the walk
+goes on in it, so the order served never depends on how much was ranked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 try:
@@ -29,12 +34,17 @@ class RankedWaitingQueue(RequestQueue):
         self._live: dict[Any, None] = {}  # insertion-ordered set of queued requests
         self._order: list[Any] = []
         self._head = 0
+        self._more: Callable[[], list[Any]] | None = None
+        self.extended = 0  # times the head ran out and the whole order was asked for
 
     # ------------------------------------------------------------------ ranking
-    def set_order(self, ranked: list[Any]) -> None:
-        """Serve the queued requests in ``ranked`` order (best first) from now on."""
+    def set_order(self, ranked: list[Any], more: Callable[[], list[Any]] | None = None) -> None:
+        """Serve the queued requests in ``ranked`` order (best first) from now on. If
+        ``ranked`` is only the head of the order, ``more`` returns the whole order, asked for
+        once if the head runs out while ranked requests are still queued."""
         self._order = ranked
         self._head = 0
+        self._more = more
 
     def requests(self) -> list[Any]:
         """The queued requests, in no particular order (cheap: no ranking involved)."""
@@ -50,6 +60,11 @@ class RankedWaitingQueue(RequestQueue):
             return order[h]
         if not live:
             raise IndexError("peek from an empty queue")
+        if self._more is not None:  # past the ranked head: rank the rest, once
+            more, self._more = self._more, None
+            self._order, self._head = more(), 0
+            self.extended += 1
+            return self._first()
         # only requests added since the last ranking are left: earliest arrival first
         return min(live, key=lambda r: (r.arrival_time, r.request_id))
 
@@ -93,6 +108,10 @@ class RankedWaitingQueue(RequestQueue):
 
     def __iter__(self) -> Iterator[Any]:
         """Queued requests best first (ranked ones, then the rest by arrival)."""
+        if self._more is not None and len(self._live) > len(self._order):
+            more, self._more = self._more, None
+            self._order, self._head = more(), 0
+            self.extended += 1
         live = self._live
         ranked = [r for r in self._order if r in live]
         seen = set(ranked)

@@ -86,6 +86,9 @@ from .queue import RankedWaitingQueue
 
 _SUPPORTED = "0.32"  # the vLLM minor version the plug-in is written and tested against
 logger = logging.getLogger(__name__)
+# waiting requests ranked beyond the free slots each step, for those vLLM skips (a request whose
+# remote KV or grammar is not ready); past them the waiting queue ranks the rest (queue.py)
+_HEAD_MARGIN = 32
 
 
 def _load_config() -> dict[str, Any]:
@@ -152,6 +155,7 @@ class ProServeScheduler(AsyncScheduler):
                         "budget, chunks and decodes (set profile: to a latency model fitted on "
                         "this hardware to let SlideBatching size the batch)")
         self.paced_steps = 0  # running requests held out of a step by decode pacing
+        self.head_extensions = 0  # steps where vLLM walked past the ranked head (queue.py)
         self.last_plan: BatchPlan | None = None
         self.max_preempt = int(cfg.get("max_preempt_per_step", 4))
         self.configured_token_budget = self.max_num_scheduled_tokens
@@ -301,24 +305,32 @@ class ProServeScheduler(AsyncScheduler):
     def schedule(self, *args: Any, **kwargs: Any):
         if self._sync():
             now = time.time()  # vLLM's arrival_time clock
-            order, budget = self.ranker.ordered(now)
+            running = self.running
+            # Only the head of the order is ranked: vLLM admits at most its free sequence slots
+            # a step (plus the requests it skips), and our walk (batch.py) visits at most one
+            # waiting request more than it admits. The running requests are ranked too (their
+            # order decides pacing and preemption). So the step costs the batch, not the queue:
+            # a full order of 1,024 requests was most of the plug-in's time with 16 slots
+            # (docs/BENCHMARKS.md section 15). If vLLM walks past the head, the waiting queue
+            # asks for the whole order (queue.py).
+            head = max(self.max_num_running_reqs - len(running), 0) + _HEAD_MARGIN
+            shadows = self.shadows
+            order, budget = self.ranker.ordered_head(
+                now, head, [sh for r in running if (sh := shadows.get(r.request_id))])
             late, late_budget, late_tokens = self.ranker.late_work(now, budget)
             if late:  # slide-bounded's late slice goes first (batch.py walks it first too)
                 first = {id(sh) for sh in late}
                 order = [*late, *(sh for sh in order if id(sh) not in first)]
-            running = self.running
             is_running = set(running)
-            # every request's rank becomes its vLLM priority (vLLM compares them among running
-            # requests for KV-pressure preemption: the largest, the tail of our order, goes
-            # first); the waiting ones, in order, become the waiting queue's order. After _sync
-            # every live shadow is running or waiting (the queue skips any that left). Plain
-            # comprehensions and one bare loop: at 1,024 live requests this is the plug-in's
-            # largest per-step cost in Python (benchmarks/plugin_step_cost.py).
+            # each ranked request's position becomes its vLLM priority (vLLM compares them among
+            # running requests for KV-pressure preemption: the largest, the tail of our order,
+            # goes first); the waiting ones, in order, become the waiting queue's order. After
+            # _sync every live shadow is running or waiting (the queue skips any that left).
             handles = [sh.handle for sh in order]
             for i, r in enumerate(handles):
                 r.priority = i
             ranked_waiting = [r for r in handles if r not in is_running]
-            self.waiting.set_order(ranked_waiting)
+            self.waiting.set_order(ranked_waiting, lambda: self._whole_order(now, late))
             if self.tail_preemption:
                 self._preempt_for_waiting(now)
             if self.use_latency_budget or self.time_chunks or self.decode_pacing:
@@ -329,6 +341,19 @@ class ProServeScheduler(AsyncScheduler):
             return super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens = self.configured_token_budget
+
+    def _whole_order(self, now: float, late: list[Request]) -> list[Any]:
+        """The whole order (late slice first), every request's priority set from it: for the
+        waiting queue when vLLM walks past the ranked head (rare: it skipped many requests)."""
+        order, _ = self.ranker.ordered(now)
+        if late:
+            first = {id(sh) for sh in late}
+            order = [*late, *(sh for sh in order if id(sh) not in first)]
+        handles = [sh.handle for sh in order]
+        for i, r in enumerate(handles):
+            r.priority = i
+        self.head_extensions += 1
+        return handles
 
     def _apply_plan(self, order: list[Request], budget: float, late: list[Request],
                     late_budget: float, late_tokens: int) -> None:
