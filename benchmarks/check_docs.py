@@ -574,7 +574,8 @@ def step_cost(ctx: Ctx, row: list[str]) -> Expected:
     r = find(ctx.files[0]["rows"], max_num_seqs=int(first_number(row[0])),
              live=int(first_number(row[1])), variant=plain(row[2]))
     vals = {"schedule() p50 us": r["schedule_us_p50"], "vLLM part p50 us": r["vllm_part_us_p50"],
-            "plug-in overhead p50 us": r["overhead_us_p50"],
+            "plug-in overhead p50 us": (r["overhead_us_p50"]
+                                        if r["variant"].startswith("plugin") else None),
             "overhead / vLLM priority": r["overhead_vs_vllm_priority"]}
     out: Expected = {0: None, 1: None, 2: None}
     for c, h in enumerate(ctx.table.header[3:], start=3):
