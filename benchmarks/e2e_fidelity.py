@@ -7,6 +7,7 @@ identical workload (same trace, rate, duration, seed, classes, instances, policy
 the two results side by side with their ratios.
 
     python benchmarks/e2e_fidelity.py --instances 4 --rate 40 --duration 60
+    python benchmarks/e2e_fidelity.py --instances 16 --processes 2 --rate 64 --duration 60
 
 Everything listens on 127.0.0.1 only; every process is stopped at the end.
 """
@@ -30,6 +31,8 @@ KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--instances", type=int, default=4)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="processes serving the emulated engines (proserve emulate --processes)")
     ap.add_argument("--rate", type=float, default=40.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--policy", default="slide")
@@ -54,6 +57,7 @@ def main() -> None:
     procs = []
     try:
         procs.append(subprocess.Popen(cli + ["emulate", "--instances", str(a.instances),
+                                             "--processes", str(a.processes),
                                              "--port", str(a.port), "--policy", a.policy,
                                              "--profile", a.profile],
                                       stderr=subprocess.DEVNULL))
@@ -78,7 +82,8 @@ def main() -> None:
                           str(tmp / "sim.json")], check=True)
     live = json.loads((tmp / "bench.json").read_text())
     sim = json.loads((tmp / "sim.json").read_text())
-    print(f"e2e fidelity: {a.instances} x {a.policy} behind gateway/{a.router}, azure-conv "
+    print(f"e2e fidelity: {a.instances} x {a.policy} in {a.processes} emulator process(es) "
+          f"behind gateway/{a.router}, azure-conv "
           f"{a.duration:g} s at {a.rate:g} req/s, seed {a.seed}; {live['requests']} requests, "
           f"errors {live['errors'] or 'none'}; bench took {bench_wall:.0f} s; load average "
           f"{load0} -> {load1}")

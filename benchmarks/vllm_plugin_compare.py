@@ -125,12 +125,19 @@ def simulated(a: argparse.Namespace) -> None:
 
     m = load_profile(a.simulate)
     pols = {"vllm fcfs": "vllm-fcfs", "vllm priority": "vllm-priority"}
-    pols.update({f"plug-in {p}": p for p in filter(None, a.plugin_policies.split(","))})
+    extra: dict[str, dict] = {}
+    for p in filter(None, a.plugin_policies.split(",")):
+        # max_num_seqs as a cap on one step's batch (our engine's meaning), and as vLLM's cap on
+        # the requests holding KV, with the plug-in's tail preemption (resident_seqs)
+        pols[f"plug-in {p}"] = p
+        pols[f"plug-in {p}, vLLM slots"] = p
+        extra[f"plug-in {p}, vLLM slots"] = {"resident_seqs": True}
     rows = []
     for name, pol in pols.items():
         reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
         eng = make_scheduler(pol, m, max_num_seqs=a.max_num_seqs,
-                             max_num_batched_tokens=CPU_MAX_BATCHED_TOKENS)
+                             max_num_batched_tokens=CPU_MAX_BATCHED_TOKENS,
+                             **extra.get(name, {}))
         simulate(reqs, [eng], ingress_s=float(m.meta.get("request_overhead_s", 0.0)))
         s = summarize(reqs, 1.0, 1.0, list(CLASSES))
         hi = s["per_class"]["high"]

@@ -95,8 +95,19 @@ class UnifiedQueueScheduler(BaseScheduler):
 
     def __init__(self, model: LatencyModel, *, min_chunk: int = 50,
                  deadline: DeadlineFn = strict_deadline, small_queue: int = 48,
-                 class_guard: bool = True, **kw) -> None:
+                 class_guard: bool = True, resident_seqs: bool = False,
+                 max_preempt_per_step: int = 4, **kw) -> None:
         super().__init__(model, **kw)
+        # vLLM's meaning of max_num_seqs (resident_seqs): it caps the requests holding KV (a
+        # running request keeps its slot while it sits a step out), not one step's batch; a
+        # request without KV then starts only in a free slot, or by preempting a resident
+        # request of a strictly lower class from the tail of the order, at most
+        # max_preempt_per_step a step (the vLLM plug-in's tail preemption). Off by default:
+        # ProServe's engine and our published results cap the batch.
+        self.resident_seqs = resident_seqs
+        if max_preempt_per_step < 0:
+            raise ValueError("max_preempt_per_step must be >= 0")
+        self.max_preempt_per_step = max_preempt_per_step
         # offload modes: KV-less requests preempt only lower classes (module docstring)
         self.class_guard = class_guard
         self.small_queue = small_queue
@@ -235,6 +246,28 @@ class UnifiedQueueScheduler(BaseScheduler):
         sub = self.lexsort(tuple(key[rows] for key in keys))
         return t.requests_at(slots[rows[sub]]), budget
 
+    def _free_slots(self, order: Sequence[Request], out: SchedulerOutput) -> int:
+        """``resident_seqs``: sequence slots free for requests without KV this step.
+
+        As the vLLM plug-in does before vLLM's ``schedule()`` (its tail preemption): when no
+        slot is free, the best request without KV displaces resident requests of a strictly
+        lower class, worst-ranked first, at most ``max_preempt_per_step`` of them. Within a
+        class nothing is displaced (two requests would evict each other back and forth).
+        """
+        free = self.max_num_seqs - sum(1 for r in self.table if r.blocks > 0)
+        if free > 0 or self.max_preempt_per_step == 0:
+            return free
+        best = next((r for r in order if not r.blocks), None)
+        if best is None:
+            return free
+        victims = [r for r in order if r.blocks > 0 and r.priority > best.priority]
+        for v in reversed(victims[-self.max_preempt_per_step:]):
+            if free > 0:
+                break
+            self._preempt(v, out)
+            free += 1
+        return free
+
     def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
         if len(self.table) == 0:
@@ -264,6 +297,15 @@ class UnifiedQueueScheduler(BaseScheduler):
         pc = self.prefix_active
         kv = self.kv
         hit = 0
+        # resident_seqs: sequence slots left (a request holding KV holds one); every preempted
+        # request held KV, so each preemption during the walk frees a slot
+        slots_free = -1
+        displaced: set[int] = set()
+        if self.resident_seqs:
+            slots_free = self._free_slots(order, out)
+            seen = len(out.preempted)
+            displaced = {id(v) for v in out.preempted}  # not rescheduled in the same step
+        new_seq = False
         for i, r in enumerate(order):
             tail.pos = i
             if i > tail.last or len(reqs) >= seq_cap:
@@ -271,6 +313,12 @@ class UnifiedQueueScheduler(BaseScheduler):
             tok_left = tok_cap - out.prefill_tokens - out.decodes
             if tok_left <= 0:
                 break
+            if slots_free >= 0:
+                slots_free += len(out.preempted) - seen
+                seen = len(out.preempted)
+                new_seq = not r.blocks
+                if (new_seq and slots_free <= 0) or id(r) in displaced:
+                    continue  # no sequence slot: it waits; requests holding one may still run
             time_left = budget - out.duration
             if trim and not r.blocks and r.host_blocks and not self._trim_reload(
                     r, time_left, not reqs):
@@ -322,6 +370,8 @@ class UnifiedQueueScheduler(BaseScheduler):
             else:
                 out.prefill_tokens += q
             r.status = running
+            if new_seq:
+                slots_free -= 1
 
 
 class _TailVictims:
