@@ -28,8 +28,26 @@ KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "t
         "tpot_p99")
 
 
+def summarize(paths: list[str]) -> None:
+    """One row per result JSON this script wrote: live vs simulated TDG, attainment and medians."""
+    rows = []
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        a, lv, sv = d["args"], d["live"], d["sim"]
+        rows.append([Path(p).stem, a["instances"], a.get("processes", 1), f"{a['rate']:g}",
+                     f"{lv['tdg_ratio']:.3f}", f"{sv['tdg_ratio']:.3f}",
+                     f"{lv['slo_attainment']:.3f}", f"{sv['slo_attainment']:.3f}",
+                     f"{1000 * lv['ttft_p50']:.1f}", f"{1000 * sv['ttft_p50']:.1f}",
+                     f"{1000 * lv['tpot_p50']:.1f}", f"{1000 * sv['tpot_p50']:.1f}"])
+    table(["run", "instances", "processes", "rate", "TDG live", "TDG sim", "attain live",
+           "attain sim", "TTFT p50 live ms", "TTFT p50 sim ms", "TPOT p50 live ms",
+           "TPOT p50 sim ms"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
+                    help="print a table of earlier runs' --json files and exit")
     ap.add_argument("--instances", type=int, default=4)
     ap.add_argument("--processes", type=int, default=1,
                     help="processes serving the emulated engines (proserve emulate --processes)")
@@ -42,6 +60,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18301)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    if a.summarize:
+        summarize(a.summarize)
+        return
     cli = [sys.executable, "-m", "proserve.cli"]
     tmp = Path(tempfile.mkdtemp(prefix="proserve-e2e-"))
     gw_port = a.port + a.instances
