@@ -634,13 +634,21 @@ def fidelity(ctx: Ctx, row: list[str]) -> Expected:
     """fidelity_vllm.py JSON: rows 'engine | rate'; TTFT p50 pair, its error, TTFT p90 error,
     TPOT p50 pair, its error, TPOT p90 error (ms, %)."""
     eng = plain(row[0])
-    d = ctx.files[0]["results"][eng]["rates"][f"{first_number(row[1]):.1f}"]
+    rates = ctx.files[0]["results"][eng]["rates"]
+    shown, tol, _ = numbers(row[1])[0]  # the rate as displayed, within its rounding
+    keys = [k for k in rates if abs(float(k) - shown) <= tol + 1e-9]
+    if len(keys) != 1:
+        raise KeyError(f"{len(keys)} raw rates match {row[1]!r}")
+    d = rates[keys[0]]
     re_, si = d["real"], d["sim"]
 
     def err(k: str) -> list[float]:
         return [100.0 * (si[k] / re_[k] - 1.0)]
 
-    return {1: [first_number(row[1])], 2: [ms(re_["ttft_p50"]), ms(si["ttft_p50"])],
+    rate_cell = [float(keys[0])]
+    if len(numbers(row[1])) > 1:  # 'R req/s (L%)': the load as a share of measured capacity
+        rate_cell.append(100.0 * ctx.files[0]["results"][eng]["loads"][keys[0]])
+    return {1: rate_cell, 2: [ms(re_["ttft_p50"]), ms(si["ttft_p50"])],
             3: err("ttft_p50"), 4: err("ttft_p90"), 5: [ms(re_["tpot_p50"]), ms(si["tpot_p50"])],
             6: err("tpot_p50"), 7: err("tpot_p90")}
 

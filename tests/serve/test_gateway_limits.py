@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -319,28 +318,15 @@ def test_redis_stopped_mid_run_behaves_as_configured(redis_srv: RedisServer,
     asyncio.run(go())
 
 
-async def _load(urls: list[str], rate: float, seconds: float) -> tuple[list[tuple], float]:
-    """Open-loop POSTs at ``rate``/s for ``seconds``, alternating between ``urls``: each
-    request's (url index, status, error code), and the span the sends covered."""
-    loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        async def one(k: int) -> tuple:
-            async with s.post(urls[k] + "/v1/completions", json=BODY, headers=KEY,
-                              timeout=aiohttp.ClientTimeout(total=120)) as r:
-                d = json.loads(await r.read())
-                return k, r.status, (d.get("error") or {}).get("code")
-
-        n = int(rate * seconds)
-        tasks, sent = [], []
-        t0 = loop.time()
-        for i in range(n):
-            delay = t0 + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent.append(loop.time())
-            tasks.append(asyncio.ensure_future(one(i % len(urls))))
-        out = await asyncio.gather(*tasks)
-    return out, sent[-1] - sent[0] + 1.0 / rate
+def _load(urls: list[str], rate: float, seconds: float):
+    """benchmarks/gateway_shared_limits.py's open-loop sender (one copy of it): each request's
+    (gateway index, status, error code) and the span the sends covered."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        from gateway_shared_limits import load
+    finally:
+        sys.path.pop(0)
+    return load(urls, rate, seconds)
 
 
 def test_two_gateway_processes_hold_a_tenant_to_max_rps_through_redis(
@@ -368,14 +354,8 @@ def test_two_gateway_processes_hold_a_tenant_to_max_rps_through_redis(
         for u, proc in zip(gurls, procs[1:]):
             wait_http(u + "/health", proc)
 
-        async def run() -> tuple[list[tuple], float]:
-            async with aiohttp.ClientSession() as s:  # warm both (connections, Redis scripts)
-                for u in gurls:
-                    async with s.post(u + "/v1/completions", json=BODY, headers=FREE) as r:
-                        assert r.status == 200
-            return await _load(gurls, 3 * max_rps, seconds)
-
-        out, span = asyncio.run(run())
+        # the sender warms both gateways first (connections, Redis scripts)
+        out, span = asyncio.run(_load(gurls, 3 * max_rps, seconds))
         admitted = [k for k, status, _ in out if status == 200]
         refused = [code for _, status, code in out if status == 429]
         assert len(admitted) + len(refused) == len(out), out  # nothing but 200 and 429
