@@ -222,7 +222,7 @@ class UnifiedQueueScheduler(BaseScheduler):
         request and turning every row into a Python object each step was most of the plug-in's
         cost (docs/BENCHMARKS.md section 15). Here the head is selected with ``np.partition``
         (linear time) and only the selected rows are sorted; the result is exactly
-        :meth:`ordered`'s order restricted to those rows (tests/engine/test_ranker.py).
+        :meth:`ordered`'s order restricted to those rows (tests/engine/test_ordered_head.py).
         """
         t = self.table
         n = len(t)
