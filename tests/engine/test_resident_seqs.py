@@ -31,6 +31,7 @@ def run(eng, reqs, steps=5000):
         out = eng.schedule(now)
         now += out.duration if out.reqs else 0.01
         eng.update_from_output(out, now)
+        eng.check()  # KV books balance, the block manager's holder count included
         most = max(most, sum(1 for r in reqs[:i] if r.blocks > 0))
     raise AssertionError("did not finish")
 

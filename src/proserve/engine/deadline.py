@@ -254,7 +254,7 @@ class UnifiedQueueScheduler(BaseScheduler):
         lower class, worst-ranked first, at most ``max_preempt_per_step`` of them. Within a
         class nothing is displaced (two requests would evict each other back and forth).
         """
-        free = self.max_num_seqs - sum(1 for r in self.table if r.blocks > 0)
+        free = self.max_num_seqs - self.kv.holding
         if free > 0 or self.max_preempt_per_step == 0:
             return free
         best = next((r for r in order if not r.blocks), None)

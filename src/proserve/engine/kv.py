@@ -67,7 +67,7 @@ class KVCapacityError(AssertionError):
 
 class BlockManager:
     __slots__ = ("total", "free", "block_size", "caching", "_refs", "_lru", "hit_tokens",
-                 "evictions", "host_total", "host_free", "reloading")
+                 "evictions", "host_total", "host_free", "reloading", "holding")
 
     def __init__(self, total_blocks: int, block_size: int = 16, *,
                  prefix_caching: bool = True, host_blocks: int = 0) -> None:
@@ -88,6 +88,9 @@ class BlockManager:
         # preemption included) and cached blocks evicted
         self.hit_tokens = 0
         self.evictions = 0
+        # requests holding device blocks (what vLLM's max_num_seqs counts: engine/deadline.py,
+        # resident_seqs), kept here where blocks change hands so no caller scans for it
+        self.holding = 0
 
     # ------------------------------------------------------------------ allocation
     def blocks_needed(self, req: Request, tokens: int) -> int:
@@ -108,8 +111,10 @@ class BlockManager:
             return True
         if need > self.free:
             return False
-        if req.blocks == 0 and req.host_blocks and req.computed:
-            self.reloading.append(req)  # its KV is on host: these blocks are a reload
+        if req.blocks == 0:
+            self.holding += 1
+            if req.host_blocks and req.computed:
+                self.reloading.append(req)  # its KV is on host: these blocks are a reload
         self.free -= need
         req.blocks += need
         if self.free < len(self._lru):
@@ -126,6 +131,8 @@ class BlockManager:
     def release(self, req: Request) -> None:
         """Drop all of ``req``'s KV: private blocks to the free pool, cached ones dereferenced
         (refcount 0: free but still cached, most recently used, tail block first)."""
+        if req.blocks:
+            self.holding -= 1
         c = req.cached_blocks
         if c:
             p = req.prefix
@@ -240,6 +247,8 @@ class BlockManager:
             refs[key] = ref + 1
             h += 1
         req.blocks = req.cached_blocks = h
+        if h:
+            self.holding += 1
         req.computed = h * bs
         self.hit_tokens += h * bs
         return h * bs
@@ -305,6 +314,10 @@ class BlockManager:
         hold millions of entries, and the simulator checks every thousand steps.
         """
         holders = list(holders)
+        holding = sum(1 for r in holders if r.blocks > 0)
+        if holding != self.holding:
+            raise KVCapacityError(f"{holding} requests hold blocks, the count says "
+                                  f"{self.holding}")
         private = 0
         owners: Counter[tuple] = Counter()
         bs = self.block_size
