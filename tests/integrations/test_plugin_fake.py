@@ -330,6 +330,20 @@ def test_waiting_queue_is_served_in_rank_order(mk) -> None:
     assert ids(s.waiting) == expect[1:] and s.waiting.peek_request().request_id == "r2"
 
 
+def test_past_the_ranked_head_the_queue_serves_the_whole_order(mk, plugin, monkeypatch) -> None:
+    # a queue longer than the policy's small-queue path, and no margin: the plug-in ranks one
+    # waiting request (one free slot); listing the queue (as vLLM may) walks past it
+    monkeypatch.setattr(plugin, "_HEAD_MARGIN", 0)
+    s = mk(seqs=1)
+    n = 60
+    add(s, *[req(f"r{i}", prio=i % 2, arrival=T0 - i * 0.01) for i in range(n)])
+    step(s)
+    # deadlines: hi (even i) T0 + 1 - 0.01 i, lo (odd i) T0 + 10 - 0.01 i: EDF, hi first
+    expect = ([f"r{i}" for i in range(n - 2, -1, -2)] + [f"r{i}" for i in range(n - 1, 0, -2)])
+    assert s.at_entry.waiting == expect and s.head_extensions == 1
+    assert [s.at_entry.priority[x] for x in expect] == list(range(n))
+
+
 # ---------------------------------------------------------------------- (d) preemption
 def _two_lows_running(mk, **kw):
     """Two lo requests decoding; lo1 ranks before lo2 (earlier deadline)."""

@@ -91,6 +91,24 @@ logger = logging.getLogger(__name__)
 _HEAD_MARGIN = 32
 
 
+def _late_first(late: list[Request], order: list[Request]) -> list[Request]:
+    """``slide-bounded``'s late slice, then the order without it (batch.py walks it first too)."""
+    if not late:
+        return order
+    first = {id(sh) for sh in late}
+    return [*late, *(sh for sh in order if id(sh) not in first)]
+
+
+def _rank(order: list[Request]) -> list[Any]:
+    """The vLLM requests of ``order``, each one's position made its vLLM ``priority`` (vLLM
+    compares priorities among running requests for KV-pressure preemption: the largest, the
+    tail of our order, goes first)."""
+    handles = [sh.handle for sh in order]
+    for i, r in enumerate(handles):
+        r.priority = i
+    return handles
+
+
 def _load_config() -> dict[str, Any]:
     path = os.environ.get("PROSERVE_PLUGIN_CONFIG")
     if not path:
@@ -318,18 +336,11 @@ class ProServeScheduler(AsyncScheduler):
             order, budget = self.ranker.ordered_head(
                 now, head, [sh for r in running if (sh := shadows.get(r.request_id))])
             late, late_budget, late_tokens = self.ranker.late_work(now, budget)
-            if late:  # slide-bounded's late slice goes first (batch.py walks it first too)
-                first = {id(sh) for sh in late}
-                order = [*late, *(sh for sh in order if id(sh) not in first)]
+            order = _late_first(late, order)
             is_running = set(running)
-            # each ranked request's position becomes its vLLM priority (vLLM compares them among
-            # running requests for KV-pressure preemption: the largest, the tail of our order,
-            # goes first); the waiting ones, in order, become the waiting queue's order. After
-            # _sync every live shadow is running or waiting (the queue skips any that left).
-            handles = [sh.handle for sh in order]
-            for i, r in enumerate(handles):
-                r.priority = i
-            ranked_waiting = [r for r in handles if r not in is_running]
+            # the waiting ones, in order, become the waiting queue's order. After _sync every
+            # live shadow is running or waiting (the queue skips any that left).
+            ranked_waiting = [r for r in _rank(order) if r not in is_running]
             self.waiting.set_order(ranked_waiting, lambda: self._whole_order(now, late))
             if self.tail_preemption:
                 self._preempt_for_waiting(now)
@@ -346,14 +357,8 @@ class ProServeScheduler(AsyncScheduler):
         """The whole order (late slice first), every request's priority set from it: for the
         waiting queue when vLLM walks past the ranked head (rare: it skipped many requests)."""
         order, _ = self.ranker.ordered(now)
-        if late:
-            first = {id(sh) for sh in late}
-            order = [*late, *(sh for sh in order if id(sh) not in first)]
-        handles = [sh.handle for sh in order]
-        for i, r in enumerate(handles):
-            r.priority = i
         self.head_extensions += 1
-        return handles
+        return _rank(_late_first(late, order))
 
     def _apply_plan(self, order: list[Request], budget: float, late: list[Request],
                     late_budget: float, late_tokens: int) -> None:
