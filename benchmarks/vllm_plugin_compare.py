@@ -95,12 +95,21 @@ def stop_py_spy(spy: subprocess.Popen) -> None:
     spy.wait(timeout=60)
 
 
+def raw_lines(raw: Path) -> list[str]:
+    """The lines of a py-spy raw file (``.gz`` as committed under docs/results)."""
+    if raw.suffix == ".gz":
+        import gzip
+
+        return gzip.decompress(raw.read_bytes()).decode().splitlines()
+    return raw.read_text().splitlines()
+
+
 def plugin_share(raw: Path) -> dict:
     """Share of EngineCore's busy samples spent in the plug-in's own code: samples whose
     innermost proserve-or-vLLM frame is proserve's (its work around vLLM's ``schedule()``,
     including numpy calls it makes); everything under vLLM's own frames is vLLM's."""
     total = ours = 0
-    for line in raw.read_text().splitlines():
+    for line in raw_lines(raw):
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
