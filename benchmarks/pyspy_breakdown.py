@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import table
-from vllm_plugin_compare import plugin_share, raw_lines
+from vllm_plugin_compare import plugin_frame, plugin_share, samples
 
 
 def breakdown(raw: Path) -> tuple[int, int, Counter]:
@@ -24,26 +24,16 @@ def breakdown(raw: Path) -> tuple[int, int, Counter]:
     innermost proserve function)."""
     total = under = 0
     by_fn: Counter = Counter()
-    for line in raw_lines(raw):
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        count = int(n)
+    for count, frames in samples(raw):
         total += count
-        frames = stack.split(";")
         names = [f.split(" (")[0] for f in frames]
         if "ProServeScheduler.schedule" in names:
             i = names.index("ProServeScheduler.schedule")
             if i + 1 < len(names) and names[i + 1] == "Scheduler.schedule":
                 under += count
-        last, fn = None, None
-        for f, name in zip(frames, names):
-            if "proserve/" in f:
-                last, fn = "proserve", name
-            elif "vllm/" in f:
-                last = "vllm"
-        if last == "proserve":
-            by_fn[fn] += count
+        own = plugin_frame(frames)
+        if own is not None:
+            by_fn[own.split(" (")[0]] += count
     return total, under, by_fn
 
 

@@ -95,13 +95,31 @@ def stop_py_spy(spy: subprocess.Popen) -> None:
     spy.wait(timeout=60)
 
 
-def raw_lines(raw: Path) -> list[str]:
-    """The lines of a py-spy raw file (``.gz`` as committed under docs/results)."""
+def samples(raw: Path):
+    """(count, frames) of each stack in a py-spy raw file (``.gz`` as committed under
+    docs/results); frames outermost first."""
     if raw.suffix == ".gz":
         import gzip
 
-        return gzip.decompress(raw.read_bytes()).decode().splitlines()
-    return raw.read_text().splitlines()
+        lines = gzip.decompress(raw.read_bytes()).decode().splitlines()
+    else:
+        lines = raw.read_text().splitlines()
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if n.isdigit():
+            yield int(n), stack.split(";")
+
+
+def plugin_frame(frames: list[str]) -> str | None:
+    """The innermost proserve frame if it is inside every vLLM frame (the plug-in's own work,
+    numpy calls included), else None (the sample is vLLM's)."""
+    last = None
+    for frame in frames:
+        if "proserve/" in frame:
+            last = frame
+        elif "vllm/" in frame:
+            last = None
+    return last
 
 
 def plugin_share(raw: Path) -> dict:
@@ -109,19 +127,9 @@ def plugin_share(raw: Path) -> dict:
     innermost proserve-or-vLLM frame is proserve's (its work around vLLM's ``schedule()``,
     including numpy calls it makes); everything under vLLM's own frames is vLLM's."""
     total = ours = 0
-    for line in raw_lines(raw):
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        count = int(n)
+    for count, frames in samples(raw):
         total += count
-        last = None
-        for frame in stack.split(";"):
-            if "proserve/" in frame:
-                last = "proserve"
-            elif "vllm/" in frame:
-                last = "vllm"
-        ours += count if last == "proserve" else 0
+        ours += count if plugin_frame(frames) else 0
     return {"plugin": ours / total if total else 0.0, "samples": total}
 
 
