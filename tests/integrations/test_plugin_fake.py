@@ -779,3 +779,30 @@ def test_plugin_kv_offload_require_fails_fast_without_it(mk, plugin, monkeypatch
         mk(kv_offload="require")
     with pytest.raises(ValueError, match="kv_offload must be"):
         mk(kv_offload="sometimes")
+
+
+def test_step_clock_splits_the_threads_cpu_between_the_plugin_and_vllm(
+        mk, plugin, clock, monkeypatch, tmp_path) -> None:
+    """PROSERVE_PLUGIN_TIMING: every 200 steps a JSON file with the plug-in's own CPU and wall
+    time, vLLM's schedule()'s, and the thread's and process's totals they are shares of."""
+    import json
+    import time as real_time
+
+    monkeypatch.setattr(plugin, "time", SimpleNamespace(
+        time=lambda: clock.t, thread_time=real_time.thread_time,
+        perf_counter=real_time.perf_counter, process_time=real_time.process_time))
+    out = tmp_path / "timing.json"
+    monkeypatch.setenv("PROSERVE_PLUGIN_TIMING", str(out))
+    s = mk()
+    add(s, *[req(f"r{i}", prio=i % 2, out=1000) for i in range(40)])
+    for _ in range(199):
+        step(s)
+    assert not out.exists()  # written every 200 steps
+    step(s)
+    d = json.loads(out.read_text())
+    assert d["steps"] == 200
+    assert d["own_cpu_s"] > 0 and d["vllm_schedule_cpu_s"] > 0
+    # the parts are parts of the thread's CPU, which is part of the process's
+    assert d["own_cpu_s"] + d["vllm_schedule_cpu_s"] <= d["thread_cpu_s"] + 0.01
+    assert d["thread_cpu_s"] <= d["process_cpu_s"] + 0.01
+    assert d["own_wall_s"] + d["vllm_schedule_wall_s"] <= d["wall_s"]

@@ -39,7 +39,6 @@ azure-code tail match, 1 changed little, so 4 stayed.
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numpy as np
@@ -47,6 +46,7 @@ import numpy as np
 from ..core.request import Request
 from ..latency.model import LatencyModel
 from .base import SchedulerOutput, register_policy
+from .deadline import head_rows
 from .slide import SlideBatching
 
 _MAX_LATE_PER_STEP = 8  # late prefills considered per step (the slice rarely fits more)
@@ -69,20 +69,21 @@ class SlideBounded(SlideBatching):
 
     def _late_positions(self, slots: np.ndarray, now: float) -> np.ndarray:
         """Positions (into ``slots``) of the oldest prefill-stage requests that can no longer
-        make their next deadline, oldest first (ties by id)."""
+        make their next deadline, oldest first (ties by id).
+
+        The oldest are picked with :func:`head_rows` (linear time, numpy) before anything is
+        sorted: under overload most of the queue is late, and sorting it, or building Python
+        tuples of it, every step was the plug-in's largest cost inside vLLM (200 us a step at
+        1,024 live requests; docs/BENCHMARKS.md section 15)."""
         t = self.table
         late = np.flatnonzero(t.pre[slots] & (t.dl[slots] - now < t.t_hat[slots] + self.model.c0))
-        if late.size > _MAX_LATE_PER_STEP:
-            arrival = t.arrival[slots[late]]
-            if self.hold_gil:  # numpy's partition releases the GIL (UnifiedQueueScheduler.lexsort)
-                rows = list(zip(arrival.tolist(), t.rid[slots[late]].tolist()))
-                keep = heapq.nsmallest(_MAX_LATE_PER_STEP, range(late.size),
-                                       key=rows.__getitem__)
-            else:
-                keep = np.argpartition(arrival, _MAX_LATE_PER_STEP - 1)[:_MAX_LATE_PER_STEP]
-            late = late[keep]
         s = slots[late]
-        return late[self.lexsort((t.rid[s], t.arrival[s]))]
+        keys = (t.rid[s], t.arrival[s])
+        if late.size > _MAX_LATE_PER_STEP:
+            rows = head_rows(keys, _MAX_LATE_PER_STEP)
+            if rows is not None:  # None only for NaN keys (an arrival is never NaN)
+                late, keys = late[rows], (keys[0][rows], keys[1][rows])
+        return late[self.lexsort(keys)[:_MAX_LATE_PER_STEP]]
 
     def _late_small(self, now: float) -> list[Request]:
         """:meth:`_late_positions` in plain Python, for short queues (same floats, same order)."""

