@@ -82,8 +82,12 @@ def build(kind: str, seqs: int, plugin_cfg: dict | None, tmp: Path):
     return cls(vc, kvc, StructuredOutputManager(vc), block_size=bs)
 
 
-def drive(sched, live: int, steps: int, warmup: int, seed: int) -> dict:
-    """Hold ``live`` requests in ``sched`` for ``warmup + steps`` steps; time the last ones."""
+def drive(sched, live: int, steps: int, warmup: int, seed: int, spread: float = 0.0) -> dict:
+    """Hold ``live`` requests in ``sched`` for ``warmup + steps`` steps; time the last ones.
+
+    ``spread`` > 0: each request arrived up to that many seconds ago (uniform), so most of the
+    queue is already past its TTFT SLO, as in the overloaded server (slide-bounded's late
+    slice then has work every step); 0: every request arrives now."""
     from vllm.sampling_params import SamplingParams
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.outputs import ModelRunnerOutput
@@ -96,7 +100,8 @@ def drive(sched, live: int, steps: int, warmup: int, seed: int) -> dict:
         nonlocal n
         sp = SamplingParams(max_tokens=rng.randint(16, 256), ignore_eos=True)
         prompt = [rng.randint(1, 500) for _ in range(rng.randint(32, 512))]
-        sched.add_request(Request(f"r{n}", prompt, sp, None, arrival_time=time.time(),
+        ago = spread * rng.random() if spread else 0.0  # no draw at 0: the same stream as before
+        sched.add_request(Request(f"r{n}", prompt, sp, None, arrival_time=time.time() - ago,
                                   priority=int(rng.random() < 0.7)))
         n += 1
 
@@ -150,6 +155,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--policy", default="slide-bounded")
+    ap.add_argument("--arrival-spread", type=float, default=0.0, metavar="S",
+                    help="requests arrived up to S seconds ago (most of the queue late, as "
+                         "under overload); default 0: they arrive now")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     _reexec()
@@ -171,7 +179,8 @@ def main() -> None:
                 res = {}
                 for name, (kind, cfg) in variants.items():
                     sched = build(kind, seqs, cfg, Path(d))
-                    res[name] = drive(sched, live, args.steps, args.warmup, seed=live)
+                    res[name] = drive(sched, live, args.steps, args.warmup, seed=live,
+                                      spread=args.arrival_spread)
                 base = res["vllm-priority"]["schedule_us_p50"]
                 for name, r in res.items():
                     r.update(variant=name, live=live, max_num_seqs=seqs,
@@ -188,6 +197,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "steps": args.steps,
+                                         "arrival_spread": args.arrival_spread,
                                          "policy": args.policy,
                                          "loadavg": os.getloadavg()}, indent=1) + "\n")
 

