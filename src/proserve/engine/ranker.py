@@ -94,6 +94,18 @@ class PolicyRanker:
         vLLM's engine core; ``UnifiedQueueScheduler.lexsort`` says why). Same order."""
         self.policy.hold_gil = True
 
+    def incremental(self) -> bool:
+        """Answer ``ordered_head`` from an index kept incrementally in plain Python, where the
+        policy has one (SlideBatching's family: engine/head_index.py); False if it has none."""
+        use = getattr(self.policy, "use_head_index", None)
+        if use is None:
+            return False
+        try:
+            use()
+        except ValueError:  # an ablation order without one
+            return False
+        return True
+
     @property
     def min_chunk(self) -> int:
         """The smallest prefill chunk the policy schedules unless it finishes the prompt."""

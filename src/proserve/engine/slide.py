@@ -33,6 +33,7 @@ behind those that still can.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from ..core.request import Request
 from ..latency.model import LatencyModel
 from .base import register_policy
 from .deadline import UnifiedQueueScheduler
+from .head_index import HeadIndex
 from .table import strict_deadline
 
 
@@ -111,6 +113,23 @@ class SlideBatching(UnifiedQueueScheduler):
         self.last_budget = math.inf
         self.last_phi = 0.0
         self.last_urgent = 0
+        self.head_index: HeadIndex | None = None
+
+    def use_head_index(self) -> None:
+        """Answer :meth:`ordered_head` from an incrementally kept index in plain Python instead
+        of numpy over the whole queue each step (engine/head_index.py says why; the vLLM
+        plug-in turns it on). Same order; only the ``slide`` order with ``w_p > 0`` has one."""
+        if self.order != "slide" or not self.w_p > 0:
+            raise ValueError("the head index needs order='slide' and w_p > 0")
+        if self.head_index is None:
+            self.head_index = HeadIndex(self)
+            self.table.index = self.head_index
+
+    def ordered_head(self, now: float, k: int,
+                     must: Sequence[Request] = ()) -> tuple[list[Request], float]:
+        if self.head_index is not None and len(self.table) > self.small_queue:
+            return self.head_index.head(now, k, must)
+        return super().ordered_head(now, k, must)
 
     def budget_and_phi(self, min_feasible: float, min_tpot: float,
                        sum_t: float) -> tuple[float, float]:

@@ -130,7 +130,15 @@ class SlideBounded(SlideBatching):
             late = self.table.requests_at(slots[late_pos]) if late_pos.size else []
         if not late:
             return late_pos, late
-        room = self._late_slots(late[0], now) - self._late_holding(now, slots, small)
+        keep = self._keep_late(late, now, self._late_holding(now, slots, small))
+        if len(keep) == len(late):
+            return late_pos, late
+        return late_pos[keep] if late_pos.size else late_pos, [late[i] for i in keep]
+
+    def _keep_late(self, late: list[Request], now: float, holding: int) -> list[int]:
+        """Indices of ``late`` the slice takes: those holding KV, and new ones while late work
+        holds fewer than its share of the sequence slots (``holding`` now)."""
+        room = self._late_slots(late[0], now) - holding
         keep = []
         for i, r in enumerate(late):
             if r.computed > 0:
@@ -138,9 +146,7 @@ class SlideBounded(SlideBatching):
             elif room > 0:
                 keep.append(i)
                 room -= 1
-        if len(keep) == len(late):
-            return late_pos, late
-        return late_pos[keep] if late_pos.size else late_pos, [late[i] for i in keep]
+        return keep
 
     def _late_slots(self, oldest: Request, now: float) -> int:
         """Sequence slots late work may hold: ``share`` of them (at least one while the share is
@@ -175,7 +181,14 @@ class SlideBounded(SlideBatching):
         token limit, to be walked before the order of :meth:`ordered` under its ``budget``."""
         t = self.table
         small = len(t) <= self.small_queue
-        _, late = self._late(now, slots=t.active_slots(), small=small)
+        idx = self.head_index
+        if idx is None or small or self.late_share <= 0:
+            _, late = self._late(now, slots=t.active_slots(), small=small)
+        else:  # after ordered_head(now, ...), which brought the index to now
+            late = idx.late_rows(now, _MAX_LATE_PER_STEP)
+            if late:
+                keep = self._keep_late(late, now, idx.late_holding(now))
+                late = [late[i] for i in keep]
         return (late, *self._slice_budget(late, now, budget))
 
     def _schedule(self, now: float) -> SchedulerOutput:

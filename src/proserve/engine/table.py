@@ -51,6 +51,9 @@ class RequestTable:
         self.py_t_hat: list[float] = []
         self._active: np.ndarray | None = None  # cached active_slots(), until membership changes
         self.hold_gil = False  # active_slots() without numpy's GIL release (deadline.py: lexsort)
+        # an incremental view kept in step with every add, refresh and remove (head_index.py);
+        # None unless a policy asks for one (the vLLM plug-in's SlideBatching)
+        self.index = None
         self._grow(capacity)
 
     def _grow(self, cap: int) -> None:
@@ -95,6 +98,8 @@ class RequestTable:
         self.rid[s] = r.id
         self.alive[s] = True
         self.refresh(r)
+        if self.index is not None:
+            self.index.added(s)
 
     def remove(self, r: Request) -> None:
         s = self._slot.pop(r.id, None)
@@ -104,6 +109,8 @@ class RequestTable:
         self.alive[s] = False
         self._reqs[s] = None
         self._free.append(s)
+        if self.index is not None:
+            self.index.removed(s, r)
 
     def refresh(self, r: Request) -> None:
         """Rewrite the columns that change with the request's progress."""
@@ -142,6 +149,8 @@ class RequestTable:
             pres.append(pre)
             parts.append(p > 0)
             lates.append(r.first_token_time > r.arrival + r.ttft_slo)
+        if self.index is not None:
+            self.index.dirty.update(slots)
         if len(slots) > 24:  # one fancy-indexed write per column pays off only for big batches
             self.t_hat[slots] = ths
             self.dl[slots] = dls

@@ -206,6 +206,9 @@ class ProServeScheduler(AsyncScheduler):
         self.ranker: Ranker = ranker
         if hasattr(ranker, "hold_gil"):  # vLLM's output thread must not run on our step
             ranker.hold_gil()
+        # the head of the order from an incrementally kept index, where the policy has one:
+        # the per-step cost then does not grow with the waiting queue (engine/head_index.py)
+        self.incremental = bool(getattr(ranker, "incremental", lambda: False)())
         # the batch decision (batch.py): on by default when the config names a profile (the
         # latency model of *this* hardware: `proserve fit` or `proserve profile`), since its
         # time budget, chunks and pacing are only as good as that model; off without one
