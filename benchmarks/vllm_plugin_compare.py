@@ -143,6 +143,26 @@ def cpu_share(path: Path) -> dict:
             "own_over_vllm_wall": d["own_wall_s"] / d["vllm_schedule_wall_s"]}
 
 
+def summarize_runs(paths: list[str]) -> None:
+    """One row per run of --json files: what each run earned and what the plug-in cost."""
+    rows = []
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        for name, v in doc.items():
+            if not isinstance(v, dict) or "runs" not in v:
+                continue
+            for i, r in enumerate(v["runs"]):
+                spy, cpu = r.get("engine_core_share"), r.get("cpu_time")
+                rows.append([Path(path).stem, name, str(i + 1), f"{100 * r['tdg_ratio']:.1f}",
+                             f"{100 * r['per_class']['high']['ttft_attainment']:.1f}",
+                             f"{100 * spy['plugin']:.2f}" if spy else "-",
+                             f"{100 * cpu['share_of_process']:.2f}" if cpu else "-",
+                             f"{cpu['own_over_vllm_cpu']:.2f}" if cpu else "-",
+                             f"{cpu['own_over_vllm_wall']:.2f}" if cpu else "-"])
+    table(["file", "policy", "run", "TDG %", "high TTFT-SLO %", "py-spy share %",
+           "CPU share %", "own/vLLM CPU", "own/vLLM wall"], rows)
+
+
 def simulated(a: argparse.Namespace) -> None:
     """The same comparison in the simulator: vLLM's policies and the plug-in's SlideBatching."""
     from proserve.core.metrics import summarize
@@ -202,10 +222,17 @@ def main() -> None:
                     help="plug-in servers record their CPU time per step "
                          "(PROSERVE_PLUGIN_TIMING, JSON into DIR) and the plug-in's share of "
                          "EngineCore's CPU time is reported")
+    ap.add_argument("--summarize", metavar="JSON", nargs="+", default=None,
+                    help="no servers: print one row per run of these --json files (TDG, "
+                         "high-class TTFT-SLO, and with --py-spy/--timing the plug-in's share "
+                         "of EngineCore time)")
     ap.add_argument("--simulate", metavar="PROFILE", default=None,
                     help="no servers: run the same workload through the simulator with this "
                          "profile (e.g. docs/results/vllm-cpu-tiny.yaml) and the same limits")
     a = ap.parse_args()
+    if a.summarize:
+        summarize_runs(a.summarize)
+        return
     if a.simulate:
         simulated(a)
         return

@@ -342,6 +342,15 @@ def test_past_the_ranked_head_the_queue_serves_the_whole_order(mk, plugin, monke
     expect = ([f"r{i}" for i in range(n - 2, -1, -2)] + [f"r{i}" for i in range(n - 1, 0, -2)])
     assert s.at_entry.waiting == expect and s.head_extensions == 1
     assert [s.at_entry.priority[x] for x in expect] == list(range(n))
+    assert s.incremental  # that head came from the incremental index (engine/head_index.py)
+
+
+def test_incremental_index_on_for_slidebatching_off_for_other_policies(mk) -> None:
+    s = mk()
+    assert s.incremental and s.slide.head_index is not None
+    assert not mk(incremental=False).incremental  # the numpy path, for comparison
+    s = mk(policy="edf", policy_args={})
+    assert not s.incremental
 
 
 # ---------------------------------------------------------------------- (d) preemption

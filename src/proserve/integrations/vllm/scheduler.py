@@ -47,7 +47,9 @@ engine/ranker.py), ``policy_args``,
 ``"weight=1:4,ttft_slo_ms=100:"``), ``trust_request_fields`` (default true; false: every
 request's ``vllm_xargs`` weight and SLO overrides are ignored and counted in ``ignored_fields``,
 its class alone decides: for operators who run vLLM without our gateway in front, where clients
-set these fields themselves), ``kv_offload`` (below).
+set these fields themselves), ``incremental`` (default true: SlideBatching's head from its
+incremental index, engine/head_index.py; false: the numpy path, same order), ``kv_offload``
+(below).
 
 **CPU KV offloading** (vLLM's ``--kv-offloading-size GiB``, the ``OffloadingConnector``; read from
 vLLM 0.32's source, docs/VLLM.md has the details): vLLM stores full blocks to CPU as they are
@@ -166,7 +168,7 @@ def _load_config() -> dict[str, Any]:
     unknown = set(doc) - {"profile", "classes", "policy", "policy_args", "latency_budget",
                           "time_chunks", "decode_pacing", "tail_preemption",
                           "max_preempt_per_step", "field_limits", "kv_offload",
-                          "trust_request_fields"}
+                          "trust_request_fields", "incremental"}
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
     return doc
@@ -208,7 +210,9 @@ class ProServeScheduler(AsyncScheduler):
             ranker.hold_gil()
         # the head of the order from an incrementally kept index, where the policy has one:
         # the per-step cost then does not grow with the waiting queue (engine/head_index.py)
-        self.incremental = bool(getattr(ranker, "incremental", lambda: False)())
+        # (``incremental: false`` keeps the numpy path: same order, for comparison)
+        self.incremental = self._flag(cfg, "incremental", True) and bool(
+            getattr(ranker, "incremental", lambda: False)())
         # the batch decision (batch.py): on by default when the config names a profile (the
         # latency model of *this* hardware: `proserve fit` or `proserve profile`), since its
         # time budget, chunks and pacing are only as good as that model; off without one
