@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 # one way to stop servers (SIGTERM, then SIGKILL), shared with the vLLM launcher and the tests
@@ -61,3 +62,28 @@ def wait_idle(urls: list[str], timeout: float = 300.0, poll: float = 0.2) -> flo
             break
         time.sleep(poll)
     return time.monotonic() - t
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for k in kids:
+        out += _tree(int(k))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its live descendants (Linux /proc):
+    where a benchmark's cores went, per party."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import loadavg, stop_all, table, wait_up
+from _common import cpu_seconds, loadavg, stop_all, table, wait_up
 
 KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50",
         "tpot_p99")
@@ -38,10 +39,12 @@ def summarize(paths: list[str]) -> None:
                      f"{lv['tdg_ratio']:.3f}", f"{sv['tdg_ratio']:.3f}",
                      f"{lv['slo_attainment']:.3f}", f"{sv['slo_attainment']:.3f}",
                      f"{1000 * lv['ttft_p50']:.1f}", f"{1000 * sv['ttft_p50']:.1f}",
-                     f"{1000 * lv['tpot_p50']:.1f}", f"{1000 * sv['tpot_p50']:.1f}"])
+                     f"{1000 * lv['tpot_p50']:.1f}", f"{1000 * sv['tpot_p50']:.1f}"]
+                    + [f"{d['cores'][k]:.2f}" if "cores" in d else "-"
+                       for k in ("emulator", "gateway", "bench")])
     table(["run", "instances", "processes", "rate", "TDG live", "TDG sim", "attain live",
            "attain sim", "TTFT p50 live ms", "TTFT p50 sim ms", "TPOT p50 live ms",
-           "TPOT p50 sim ms"], rows)
+           "TPOT p50 sim ms", "emulator cores", "gateway cores", "load-gen cores"], rows)
 
 
 def main() -> None:
@@ -91,10 +94,18 @@ def main() -> None:
         work = ["--trace", "azure-conv", "--rate", str(a.rate), "--duration", str(a.duration),
                 "--seed", str(a.seed), "--profile", a.profile]
         t0 = time.time()
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(cli + ["bench", "--target", f"http://127.0.0.1:{gw_port}", *work,
                               "--keys", "high=k-hi,low=k-lo", "--out", str(tmp / "bench.json")],
                        check=True, stdout=subprocess.DEVNULL)
         bench_wall = time.time() - t0
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # cores each party used while the workload ran: where a 2-core host's CPU went
+        emu, gw = (cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0))
+        bench = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+        cores = {"emulator": emu / bench_wall, "gateway": gw / bench_wall,
+                 "bench": bench / bench_wall}
         load1 = loadavg()
     finally:
         stop_all(procs)
@@ -107,7 +118,8 @@ def main() -> None:
           f"behind gateway/{a.router}, azure-conv "
           f"{a.duration:g} s at {a.rate:g} req/s, seed {a.seed}; {live['requests']} requests, "
           f"errors {live['errors'] or 'none'}; bench took {bench_wall:.0f} s; load average "
-          f"{load0} -> {load1}")
+          f"{load0} -> {load1}; cores used: emulator {cores['emulator']:.2f}, gateway "
+          f"{cores['gateway']:.2f}, load generator {cores['bench']:.2f}")
     rows = []
     for scope, lv, sv in [("all", live, sim)] + [
             (c, live["per_class"][c], sim["per_class"][c]) for c in sim["per_class"]]:
@@ -120,8 +132,8 @@ def main() -> None:
                          fmt(y) if y is not None else "-", ratio])
     table(["scope", "metric", "live (bench)", "simulated", "live/sim"], rows)
     if a.json:
-        Path(a.json).write_text(json.dumps({"live": live, "sim": sim, "args": vars(a)},
-                                           indent=1))
+        Path(a.json).write_text(json.dumps({"live": live, "sim": sim, "args": vars(a),
+                                            "cores": cores}, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import loadavg, stop_all, table
+from _common import cpu_seconds, loadavg, stop_all, table
 from bench_gateway_workers import start_gateway
 
 MODEL = "proserve-emulated"
@@ -165,31 +165,6 @@ def _load(port: int, key: str, tokens: int, connections: int, seconds: float,
     cpu0 = time.process_time()
     lat, errors, wall = asyncio.run(main())
     out.put((lat, errors, wall, time.process_time() - cpu0))
-
-
-# ---------------------------------------------------------------------------- CPU accounting
-def _tree(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for k in kids:
-        out += _tree(int(k))
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (alive ones)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in _tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
 
 
 # ---------------------------------------------------------------------------- main
