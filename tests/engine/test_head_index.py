@@ -95,3 +95,23 @@ def test_index_head_equals_the_numpy_head_step_after_step(name, seed) -> None:
 def test_index_is_refused_for_an_ablation_order() -> None:
     p = make_scheduler("slide-deadline-only", toy_model())
     assert p.ranker.incremental() is False and p.head_index is None
+
+
+def test_an_index_out_of_step_is_logged_rebuilt_and_the_step_served(caplog) -> None:
+    rng = np.random.default_rng(7)
+    a, b = _twins("slide-bounded", small_queue=6)
+    for i in range(60):
+        r = _request(i, rng, 10.0)
+        a.table.add(r)
+        b.table.add(r)
+    a.ordered_head(10.0, 8)
+    victim = a.head_index.by_dl.pop(0)  # corrupt it: a row the index no longer lists
+    a.table.refresh(a.table._reqs[victim[3]])  # its next sync must unindex it: out of step
+    with caplog.at_level("ERROR"):
+        head, budget = a.ordered_head(10.5, 8)
+    want, want_budget = b.ordered_head(10.5, 8)
+    assert [r.id for r in head] == [r.id for r in want] and budget == want_budget
+    la, lb = a.late_work(10.5, budget), b.late_work(10.5, want_budget)  # the same step's slice
+    assert [r.id for r in la[0]] == [r.id for r in lb[0]] and la[0]
+    assert a.index_rebuilds == 1 and "rebuilt" in caplog.text
+    assert [r.id for r in a.ordered_head(11.0, 8)[0]] == [r.id for r in b.ordered_head(11.0, 8)[0]]

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 _RESUM_EVERY = 4096  # index updates between exact re-sums of the waiting rows' t_hat
 
 
+class IndexOutOfStep(RuntimeError):
+    """The index and the table disagree (a bug): the caller rebuilds the index."""
+
+
 class HeadIndex:
     """The waiting rows of one policy's table, in the orders SlideBatching's head needs."""
 
@@ -327,5 +331,6 @@ class HeadIndex:
 
 def _remove(lst: list, item: tuple) -> None:
     i = bisect_left(lst, item)
-    assert i < len(lst) and lst[i] == item, "head index out of step with the table"
+    if i >= len(lst) or lst[i] != item:
+        raise IndexOutOfStep(f"head index entry {item!r} not found")
     del lst[i]

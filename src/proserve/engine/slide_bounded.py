@@ -182,9 +182,9 @@ class SlideBounded(SlideBatching):
         t = self.table
         small = len(t) <= self.small_queue
         idx = self.head_index
-        if idx is None or small or self.late_share <= 0:
+        if idx is None or small or self.late_share <= 0 or idx.dirty:
             _, late = self._late(now, slots=t.active_slots(), small=small)
-        else:  # after ordered_head(now, ...), which brought the index to now
+        else:  # after ordered_head(now, ...), which brought the index to now (nothing dirty)
             late = idx.late_rows(now, _MAX_LATE_PER_STEP)
             if late:
                 keep = self._keep_late(late, now, idx.late_holding(now))
