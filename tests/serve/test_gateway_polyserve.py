@@ -555,3 +555,49 @@ def test_config_rejects_relative_tpot_and_bad_router_args(tmp_path: Path) -> Non
     assert cfg.router_kwargs() == {"check_period_s": 60.0, "tiers": [
         {"name": "tight", "tpot": 0.005, "mean_output": 64.0},
         {"name": "loose", "tpot": 1.0, "mean_output": 256.0}]}
+
+
+def test_a_request_refused_on_scraped_load_is_placed_when_the_scrape_clears() -> None:
+    """Regression (a CI flake): a tight request refused because the backend's scraped metrics
+    still counted a request that had just finished waited for the next periodic check (60 s
+    here) instead of the next scrape. A scrape that moves a backend's numbers retries them."""
+    async def go():
+        running = {"n": 0}
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(text=f"vllm:num_requests_running {running['n']}\n")
+
+        async def ok(_: web.Request) -> web.Response:
+            return web.Response(text="")
+
+        async def complete(request: web.Request) -> web.Response:
+            await request.json()
+            return web.json_response({
+                "choices": [{"index": 0, "text": " t", "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+        app = web.Application()
+        app.router.add_post("/v1/completions", complete)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/health", ok)
+        backend = TestServer(app)
+        await backend.start_server()
+        gw, client = await gateway([str(backend.make_url("")).rstrip("/")])
+        body = {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 1}
+        try:
+            r = await client.post("/v1/completions", headers=TIGHT, json=body)
+            assert r.status == 200  # the idle backend joined the tight tier
+            running["n"] = 1  # another client's request: the tight backend is busy
+            await until(lambda: gw.pool.backends[0].scraped_running == 1, "the busy scrape")
+            second = asyncio.create_task(client.post("/v1/completions", headers=TIGHT,
+                                                     json=body))
+            await asyncio.sleep(0.3)
+            assert not second.done()  # held in the router's pending queue
+            running["n"] = 0
+            r2 = await asyncio.wait_for(second, timeout=5)  # the next scrape, not 60 s
+            assert r2.status == 200
+        finally:
+            await client.close()
+            await backend.close()
+
+    asyncio.run(go())

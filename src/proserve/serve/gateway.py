@@ -997,19 +997,26 @@ class Gateway:
                                    if not b.removed))
             await asyncio.sleep(self.cfg.health.interval_s)
 
-    async def _scrape(self, b: Backend) -> None:
+    async def _scrape(self, pool: ModelPool, b: Backend) -> None:
         assert self.session is not None
         try:
             async with self.session.get(b.url + "/metrics",
                                         timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
                 text = await resp.text()
+            before = (b.scraped_kv_usage, b.scraped_waiting, b.scraped_running)
             self._apply_scrape(b, text)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
-            pass  # health checks decide about ejection; keep the last numbers
+            return  # health checks decide about ejection; keep the last numbers
+        if (b.scraped_kv_usage, b.scraped_waiting, b.scraped_running) != before:
+            # the backend's own numbers moved (work another worker or a client sent, or ours
+            # that finished after the last scrape counted it): PolyServe's pending requests
+            # were refused on the old numbers, and nothing else would retry them before the
+            # next periodic check (a request could wait a whole check_period_s)
+            pool._fleet_retry()
 
     async def _scrape_loop(self) -> None:
         while True:
-            await asyncio.gather(*(self._scrape(b) for _, b in self._all_backends()
+            await asyncio.gather(*(self._scrape(p, b) for p, b in self._all_backends()
                                    if b.routable))
             await asyncio.sleep(self.cfg.scrape_interval_s)
 
