@@ -252,3 +252,35 @@ def test_killing_a_backend_mid_run_loses_nothing_silently() -> None:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_second_run_against_one_server_finds_nothing_of_the_first_in_its_prefix_cache() -> None:
+    """Request ids restart at 0 in every workload: without a per-run salt the second replay of a
+    workload against one server (profile, then measure; or repeats) is served from the cache
+    the first one left, and measures cache hits instead of the trace. A fixed salt shared by
+    both runs must still reproduce the warm cache (the check that the counter can move)."""
+    async def go():
+        engines, servers = await emulators(1)
+        url = str(servers[0].make_url("")).rstrip("/")
+
+        async def hits_of(salt: int | None) -> tuple[float, int]:
+            before = engine_metric(engines, "vllm:prefix_cache_hits_total")
+            res = await run_bench(BenchConfig(target=url, model=MODEL, salt=salt),
+                                  workload(12, rate=50.0))
+            assert res["errors"] == {}, res["error_examples"]
+            return engine_metric(engines, "vllm:prefix_cache_hits_total") - before, \
+                res["prompt_salt"]
+
+        try:
+            first, s1 = await hits_of(None)
+            second, s2 = await hits_of(None)
+            assert s1 != s2
+            assert first == 0 and second == 0, (first, second)
+            await hits_of(7)
+            warm, s = await hits_of(7)
+            assert s == 7
+            assert warm > 0.5 * sum(r.prompt_len for r in workload(12, rate=50.0))
+        finally:
+            for sv in servers:
+                await sv.close()
+    asyncio.run(go())

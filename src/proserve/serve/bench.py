@@ -8,15 +8,18 @@ counters the simulator uses. The result has the same keys as ``proserve simulate
 slo_attainment, per_class, percentiles, goodput) plus error counts, so a simulated prediction and
 a measured run compare field by field.
 
-Prompts are sent as token ids (``[1, 1, ...]`` of the trace's prompt length), which vLLM, SGLang
-and our emulator accept, with ``ignore_eos`` so outputs have the trace's length; ``--prompt-format
-text`` sends words instead for endpoints that only take text. Classes map to API keys
-(``--keys high=sk-1,low=sk-2``) and to vLLM's ``priority`` field (class rank).
+Prompts are sent as token ids of the trace's prompt length (the request id and a per-run salt,
+then ``1``s: no two requests, and no two runs against one server, share a cached block unless the
+workload gives them a shared prefix), which vLLM, SGLang and our emulator accept, with
+``ignore_eos`` so outputs have the trace's length; ``--prompt-format text`` sends words instead
+for endpoints that only take text. Classes map to API keys (``--keys high=sk-1,low=sk-2``) and
+to vLLM's ``priority`` field (class rank).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +43,10 @@ class BenchConfig:
     max_duration_s: float = 3600.0  # whole run, after the last arrival
     send_priority: bool = True
     chat: bool = False
+    #: Spelled into every prompt so that two runs against one server share no cached block
+    #: (request ids repeat between runs). None: a fresh salt per run; fix it to make two runs
+    #: send identical prompts on purpose (a warm-cache measurement).
+    salt: int | None = None
 
 
 @dataclass
@@ -48,19 +55,28 @@ class _Outcome:
     detail: str = ""
 
 
-def unique_ids(rid: int, n: int) -> list[int]:
-    """A token-id prompt of length ``n`` that no other request id shares a first block with.
+#: How many distinct salts :func:`unique_ids` can spell (two base-990 tokens).
+SALTS = 990**2
+
+
+def unique_ids(rid: int, n: int, salt: int = 0) -> list[int]:
+    """A token-id prompt of length ``n`` that no other (request id, salt) shares a first block
+    with.
 
     Engines with prefix caching (vLLM's is on by default) would otherwise serve most of an
     all-equal prompt from cache and the replay would measure cache hits, not the trace. The
     first three tokens spell the request id in base 990 (ids 10..999: valid in any vocabulary of
-    1,000+); block hashes chain, so the whole prompt is distinct.
+    1,000+), the next two the run's ``salt``: request ids restart at 0 in every workload, so
+    without the salt a second run against the same server finds each request's whole prompt
+    cached by the first (a profile-then-measure script measured 10 ms TTFTs for 2,000-token
+    prompts that way). Block hashes chain, so the whole prompt is distinct.
     """
-    head = [10 + (rid // 990**k) % 990 for k in range(3)][:n]
+    head = ([10 + (rid // 990**k) % 990 for k in range(3)]
+            + [10 + (salt // 990**k) % 990 for k in range(2)])[:n]
     return head + [1] * (n - len(head))
 
 
-def prompt_token_ids(r: Request) -> list[int]:
+def prompt_token_ids(r: Request, salt: int = 0) -> list[int]:
     """The token-id prompt sent for ``r``: its prefix identity spelled out, then unique tokens.
 
     A request with a :class:`~proserve.core.request.Prefix` (Mooncake ``hash_ids``, a tenant's
@@ -70,18 +86,20 @@ def prompt_token_ids(r: Request) -> list[int]:
     from the first chunk they do not: an engine that caches prefixes by block hash (vLLM) then
     hits exactly what the simulator's block manager hits for the same requests, as long as the
     chunk size is a multiple of the engine's block size. The rest of the prompt is unique to the
-    request (:func:`unique_ids`' scheme, shifted to start after the prefix).
+    request (:func:`unique_ids`' scheme, shifted to start after the prefix). ``salt`` enters
+    every chunk's tokens too: requests of one run share their prefixes, two runs share nothing.
     """
     import hashlib
 
     p = r.prefix
     if p is None:
-        return unique_ids(r.id, r.prompt_len)
+        return unique_ids(r.id, r.prompt_len, salt)
     out: list[int] = []
     for cid in p.ids:
         if len(out) >= r.prompt_len:
             break
-        seed = hashlib.blake2b(repr(cid).encode(), digest_size=16).digest()
+        seed = hashlib.blake2b(repr((salt, cid) if salt else cid).encode(),
+                               digest_size=16).digest()
         n = min(p.block, r.prompt_len - len(out))
         chunk: list[int] = []
         k = 0
@@ -92,22 +110,22 @@ def prompt_token_ids(r: Request) -> list[int]:
         out += chunk
     rest = r.prompt_len - len(out)
     if rest > 0:
-        out += unique_ids(r.id, rest)
+        out += unique_ids(r.id, rest, salt)
     return out
 
 
 async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0: float,
-               outcome: _Outcome) -> None:
+               outcome: _Outcome, salt: int) -> None:
     body: dict[str, Any] = {"model": cfg.model, "max_tokens": r.output_len, "stream": True,
                             "ignore_eos": True}
     if cfg.chat:
         body["messages"] = [{"role": "user",
-                             "content": f"{r.id} " + "hi " * max(r.prompt_len - 5, 0)}]
+                             "content": f"{r.id}-{salt} " + "hi " * max(r.prompt_len - 5, 0)}]
     elif cfg.prompt_format == "ids":
-        body["prompt"] = prompt_token_ids(r)
+        body["prompt"] = prompt_token_ids(r, salt)
         body["return_token_ids"] = True  # vLLM without a tokenizer streams ids, not text
     else:
-        body["prompt"] = f"{r.id} " + "hi " * max(r.prompt_len - 1, 0)
+        body["prompt"] = f"{r.id}-{salt} " + "hi " * max(r.prompt_len - 1, 0)
     if cfg.send_priority:
         body["priority"] = r.priority
     headers = {}
@@ -145,6 +163,7 @@ async def run_bench(cfg: BenchConfig, requests: list[Request],
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Send ``requests`` at their arrival times; return the simulate-compatible summary."""
     outcomes = [_Outcome() for _ in requests]
+    salt = cfg.salt if cfg.salt is not None else secrets.randbelow(SALTS)
     finished = 0
     t0 = time.monotonic()
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -155,7 +174,7 @@ async def run_bench(cfg: BenchConfig, requests: list[Request],
             delay = r.arrival - (time.monotonic() - t0)
             if delay > 0:
                 await asyncio.sleep(delay)
-            await _one(session, cfg, r, t0, outcomes[i])
+            await _one(session, cfg, r, t0, outcomes[i], salt)
             finished += 1
             if progress is not None:
                 progress(finished, len(requests))
@@ -190,5 +209,6 @@ async def run_bench(cfg: BenchConfig, requests: list[Request],
         "error_examples": examples,
         "ok": codes.get("ok", 0),
         "bench_wall_s": wall,
+        "prompt_salt": salt,
     }
     return clean_floats(out)
