@@ -20,7 +20,7 @@ its last shown digit (``53`` matches 52.9, ``52.9`` matches 52.94, ``100.0`` mat
 by the rule; a rule marks a label column that may hold digits (a workload's flags, a command)
 explicitly, so a new column of numbers cannot slip past unchecked.
 
-    python benchmarks/check_docs.py [--doc docs/BENCHMARKS.md] [--root .]
+    python benchmarks/check_docs.py [--doc docs/BENCHMARKS.md] [--root .] [--fix]
 
 Exit 0 and a summary line ``check_docs: N tables, M numbers checked, 0 mismatches``; exit 1 and one
 line per mismatch naming the table (its heading and line), row, column, doc value and raw value.
@@ -654,8 +654,10 @@ def fidelity(ctx: Ctx, row: list[str]) -> Expected:
 
 
 # ---------------------------------------------------------------------- check
-def check(doc: Path, root: Path) -> tuple[int, int, list[str]]:
-    """(tables checked, numbers checked, problems)."""
+def check(doc: Path, root: Path, fixes: dict[tuple[int, int], list[float]] | None = None
+          ) -> tuple[int, int, list[str]]:
+    """(tables checked, numbers checked, problems). With ``fixes``, every mismatching cell whose
+    count of numbers matches the raw file's is recorded there: (line, column) -> raw values."""
     text = doc.read_text()
     tables = parse_tables(text)
     n_tables = n_numbers = 0
@@ -708,7 +710,30 @@ def check(doc: Path, root: Path) -> tuple[int, int, list[str]]:
                     if abs(v - float(w)) > tol * (1 + 1e-9) + 1e-9:
                         problems.append(f"{where}, column {col!r}: doc {txt} != raw "
                                         f"{float(w):.6g} (displayed rounding +-{tol:g})")
+                        if fixes is not None:
+                            fixes[(at, c)] = [float(x) for x in want]
     return n_tables, n_numbers, problems
+
+
+def _shown(old: str, value: float) -> str:
+    """``value`` written as ``old`` was: its decimals, thousands separators and explicit sign."""
+    dec = len(old.split(".")[1]) if "." in old else 0
+    txt = f"{value:{',' if ',' in old else ''}.{dec}f}"
+    return "+" + txt if old.startswith("+") and value >= 0 else txt
+
+
+def apply_fixes(doc: Path, fixes: dict[tuple[int, int], list[float]]) -> int:
+    """Rewrite the recorded cells' numbers to the raw values, in place, keeping every other
+    character of the line (bold, units, spacing). Returns the number of cells rewritten."""
+    lines = doc.read_text().split("\n")
+    for (at, c), vals in fixes.items():
+        line = lines[at - 1]
+        bars = [i for i, ch in enumerate(line) if ch == "|"]
+        start, end = bars[c] + 1, bars[c + 1]  # the line starts with '|': cell c follows bar c
+        cell = NUM.sub(lambda m, it=iter(vals): _shown(m.group(0), next(it)), line[start:end])
+        lines[at - 1] = line[:start] + cell + line[end:]
+    doc.write_text("\n".join(lines))
+    return len(fixes)
 
 
 def _fmt(vals: list[float]) -> str:
@@ -719,7 +744,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--doc", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--root", default=str(ROOT), help="where raw file paths are relative to")
+    ap.add_argument("--fix", action="store_true",
+                    help="after re-running a benchmark: rewrite each mismatching cell to its raw "
+                         "value (same format), then check again; rows and text are yours")
     a = ap.parse_args(argv)
+    if a.fix:
+        fixes: dict[tuple[int, int], list[float]] = {}
+        check(Path(a.doc), Path(a.root), fixes)
+        print(f"check_docs: rewrote {apply_fixes(Path(a.doc), fixes)} cell(s)")
     n_tables, n_numbers, problems = check(Path(a.doc), Path(a.root))
     for p in problems:
         print(f"MISMATCH {p}")

@@ -90,8 +90,57 @@ def test_late_work_always_progresses_so_the_longest_wait_is_bounded() -> None:
     assert waits["slide-bounded"] < 0.8 * waits["slide-nostarve"], waits
 
 
+def test_max_wait_raises_the_share_to_what_the_late_work_needs_before_its_cap() -> None:
+    """Two late prefills: the share is the largest (work of the k oldest) / (time to the k-th's
+    cap) when that is above the smooth share; a request past its cap, or one that would need
+    more than max_wait_share, is given up on (the smooth share only)."""
+    m = toy_model()
+    eng = make_scheduler("slide-bounded", m, max_wait_s=2.0)
+    a = R(0, arrival=0.0, prompt=2000, ttft=0.1)
+    b = R(1, arrival=0.5, prompt=3000, ttft=0.1)
+    for r in (a, b):
+        eng.add_request(r, r.arrival)
+    now = 1.9
+    wa, wb = m.prefill_time(2000), m.prefill_time(3000)
+    need = max(wa / (2.0 - now), (wa + wb) / (2.5 - now))
+    assert 0.25 < need < 0.9  # above the full smooth share, below the cap: the new bound acts
+    eng.schedule(now)
+    assert eng.last_share == pytest.approx(need)
+    for arrival, cap_share in ((0.0, 0.9), (1.0, 0.6)):  # past its cap; needs 0.88 > 0.6
+        e = make_scheduler("slide-bounded", m, max_wait_s=2.0 if arrival else 1.0,
+                           max_wait_share=cap_share)
+        e.add_request(R(2, arrival=arrival, prompt=2000, ttft=0.1), arrival)
+        e.schedule(arrival + 1.95)
+        assert e.last_share == pytest.approx(0.25)  # given up on: the smooth share
+    eng3 = make_scheduler("slide-bounded", m)  # off by default
+    for r in (R(0, arrival=0.0, prompt=2000, ttft=0.1), R(1, arrival=0.5, prompt=3000, ttft=0.1)):
+        eng3.add_request(r, r.arrival)
+    eng3.schedule(now)
+    assert eng3.last_share == pytest.approx(0.25)
+
+
+def test_max_wait_shortens_the_longest_wait_and_never_collapses_into_fcfs() -> None:
+    """Overload just past capacity: the cap shortens the longest wait at a small cost in TDG.
+    Far past it (no cap can be met): the requests it cannot save are given up on, so TDG stays
+    near the uncapped policy's instead of collapsing (counting them gave 50% of it)."""
+    m = toy_model()
+
+    def run(rate, **kw):
+        reqs = random_requests(5, 600, rate=rate, ttft=0.2, tpot=0.03)
+        simulate(reqs, [make_scheduler("slide-bounded", m, **kw)], drain_s=600)
+        return summarize(reqs)
+
+    base, capped = run(30.0), run(30.0, max_wait_s=3.0)
+    assert capped["max_wait_s"] < 0.85 * base["max_wait_s"], (capped, base)
+    assert capped["tdg_ratio"] > base["tdg_ratio"] - 0.05
+    base, capped = run(40.0), run(40.0, max_wait_s=1.5)
+    assert capped["tdg_ratio"] > 0.85 * base["tdg_ratio"], (capped["tdg_ratio"], base["tdg_ratio"])
+
+
 def test_bad_parameters_are_errors() -> None:
-    for kw in ({"late_share": 1.0}, {"late_share": -0.1}, {"late_horizon": 0}):
+    for kw in ({"late_share": 1.0}, {"late_share": -0.1}, {"late_horizon": 0},
+               {"max_wait_s": 0.0}, {"max_wait_s": 1.0, "max_wait_share": 1.0},
+               {"late_share": 0.5, "max_wait_share": 0.4}):
         with pytest.raises(ValueError):
             make_scheduler("slide-bounded", toy_model(), **kw)
 

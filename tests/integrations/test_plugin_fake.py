@@ -702,6 +702,8 @@ def test_config_defaults_without_a_file(plugin, clock, monkeypatch) -> None:
 def test_config_policy_variant_and_its_arguments(mk) -> None:
     s = mk(policy="slide-nostarve", policy_args={"lam": 0.5}, max_preempt_per_step=1)
     assert s.slide.tau_s == math.inf and s.slide.lam == 0.5 and s.max_preempt == 1
+    s = mk(policy="slide-bounded", policy_args={"max_wait_s": 5.0})
+    assert s.slide.max_wait_s == 5.0  # the cap on waits reaches the policy inside vLLM
 
 
 @pytest.mark.parametrize("cfg, match", [

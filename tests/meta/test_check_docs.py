@@ -39,6 +39,18 @@ def test_an_altered_number_fails_naming_it(tmp_path: Path) -> None:
     assert "doc 197" in line and "raw 187.3" in line, line
 
 
+def test_fix_rewrites_only_the_stale_cell_in_its_own_format(tmp_path: Path) -> None:
+    text = DOC.read_text()
+    row = "| slide | 52 | **137** | **187** | 350 |"
+    assert row in text
+    bad = tmp_path / "BENCHMARKS.md"
+    bad.write_text(text.replace(row, "| slide | 52 | **137** | **197** | 350 |"))
+    r = _run("--doc", str(bad), "--root", str(ROOT), "--fix")
+    assert r.returncode == 0, r.stdout
+    assert "rewrote 1 cell(s)" in r.stdout and "0 mismatches" in r.stdout, r.stdout
+    assert bad.read_text() == text  # bold kept, the raw value rounded as shown, nothing else
+
+
 def test_a_table_without_a_raw_comment_fails(tmp_path: Path) -> None:
     bad = tmp_path / "BENCHMARKS.md"
     bad.write_text(DOC.read_text() + "\n## 99. New\n\n| x | y |\n|---|---|\n| a | 1.5 |\n")
