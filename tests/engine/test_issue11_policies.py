@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.conftest import random_requests, toy_model
 
 from proserve.core.metrics import summarize
@@ -232,3 +234,17 @@ def test_small_queue_and_numpy_paths_form_the_same_batches() -> None:
             e.update_from_output(o, now + o.duration)
         now += outs[0].duration
     assert shares > 0  # the late slice was exercised
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 30.0), st.integers(1, 8000), st.floats(0.05, 5.0)),
+                min_size=1, max_size=8),
+       st.floats(0.5, 60.0), st.floats(0.3, 0.95), st.floats(0.0, 40.0))
+def test_the_late_share_never_exceeds_its_bound(late, cap, cap_share, now) -> None:
+    """Whatever the late work: 0 <= share <= max(late_share, max_wait_share), so at least
+    1 - max_wait_share of every step stays in gain order (the policy cannot become FCFS)."""
+    eng = make_scheduler("slide-bounded", toy_model(), max_wait_s=cap, max_wait_share=cap_share)
+    reqs = sorted((R(i, arrival=a, prompt=p, ttft=t) for i, (a, p, t) in enumerate(late)),
+                  key=lambda r: (r.arrival, r.id))
+    share = eng._share(reqs, max(now, reqs[-1].arrival))
+    assert 0.0 <= share <= max(eng.late_share, cap_share) + 1e-12
