@@ -700,7 +700,7 @@ def bench(
     prompt_format: str = typer.Option("ids", "--prompt-format", help="ids (token-id prompts: exact lengths) | text."),
     chat: bool = typer.Option(False, "--chat", help="Use /v1/chat/completions."),
     no_priority: bool = typer.Option(False, "--no-priority", help="Do not send vLLM's priority field."),
-    prompt_salt: int | None = typer.Option(None, "--prompt-salt", min=0, help="Spell this salt into every prompt (default: a fresh one per run, so a server's prefix cache never carries one run's prompts into the next; fix it to measure a warm cache)."),
+    prompt_salt: int | None = typer.Option(None, "--prompt-salt", min=0, max=990**2 - 1, help="Spell this salt into every prompt (default: a fresh one per run, so a server's prefix cache never carries one run's prompts into the next; fix it to measure a warm cache)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Per-request timeout (s)."),
     max_requests: int = typer.Option(20000, "--max-requests", help="Refuse workloads larger than this."),
     max_duration: float = typer.Option(600.0, "--max-duration", help="Stop waiting this long after the last arrival (s)."),

@@ -142,7 +142,7 @@ def test_max_wait_shortens_the_longest_wait_and_never_collapses_into_fcfs() -> N
 def test_bad_parameters_are_errors() -> None:
     for kw in ({"late_share": 1.0}, {"late_share": -0.1}, {"late_horizon": 0},
                {"max_wait_s": 0.0}, {"max_wait_s": 1.0, "max_wait_share": 1.0},
-               {"late_share": 0.5, "max_wait_share": 0.4}):
+               {"late_share": 0.5, "max_wait_share": 0.4, "max_wait_s": 1.0}):
         with pytest.raises(ValueError):
             make_scheduler("slide-bounded", toy_model(), **kw)
 
@@ -248,3 +248,10 @@ def test_the_late_share_never_exceeds_its_bound(late, cap, cap_share, now) -> No
                   key=lambda r: (r.arrival, r.id))
     share = eng._share(reqs, max(now, reqs[-1].arrival))
     assert 0.0 <= share <= max(eng.late_share, cap_share) + 1e-12
+
+
+def test_a_large_late_share_needs_no_max_wait_share_when_the_cap_is_off() -> None:
+    """max_wait_share is checked against late_share only when max_wait_s is set: late_share in
+    [0.9, 1) was valid before max_wait_s existed and stays so."""
+    eng = make_scheduler("slide-bounded", toy_model(), late_share=0.95)
+    assert eng.late_share == 0.95 and eng.max_wait_s is None

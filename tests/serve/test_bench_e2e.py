@@ -284,3 +284,14 @@ def test_a_second_run_against_one_server_finds_nothing_of_the_first_in_its_prefi
             for sv in servers:
                 await sv.close()
     asyncio.run(go())
+
+
+def test_a_salt_outside_what_prompts_can_spell_is_refused() -> None:
+    """Two base-990 tokens spell the salt: a larger or negative one would alias another run's
+    salt silently, so it is an error before anything is sent."""
+    import pytest
+
+    from proserve.serve.bench import SALTS
+    for bad in (-1, SALTS):
+        with pytest.raises(ValueError, match="salt must be in"):
+            asyncio.run(run_bench(BenchConfig(target="http://127.0.0.1:9", salt=bad), []))

@@ -98,8 +98,7 @@ def prompt_token_ids(r: Request, salt: int = 0) -> list[int]:
     for cid in p.ids:
         if len(out) >= r.prompt_len:
             break
-        seed = hashlib.blake2b(repr((salt, cid) if salt else cid).encode(),
-                               digest_size=16).digest()
+        seed = hashlib.blake2b(repr((salt, cid)).encode(), digest_size=16).digest()
         n = min(p.block, r.prompt_len - len(out))
         chunk: list[int] = []
         k = 0
@@ -163,6 +162,8 @@ async def run_bench(cfg: BenchConfig, requests: list[Request],
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Send ``requests`` at their arrival times; return the simulate-compatible summary."""
     outcomes = [_Outcome() for _ in requests]
+    if cfg.salt is not None and not 0 <= cfg.salt < SALTS:
+        raise ValueError(f"salt must be in [0, {SALTS}), got {cfg.salt}")
     salt = cfg.salt if cfg.salt is not None else secrets.randbelow(SALTS)
     finished = 0
     t0 = time.monotonic()
