@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import subprocess
 import tempfile
@@ -143,11 +144,14 @@ def cpu_share(path: Path) -> dict:
             "own_over_vllm_wall": d["own_wall_s"] / d["vllm_schedule_wall_s"]}
 
 
-def summarize_runs(paths: list[str]) -> None:
-    """One row per run of --json files: what each run earned and what the plug-in cost."""
+def summarize_runs(paths: list[str], ref: str | None = None) -> None:
+    """One row per run of --json files: what each run earned and what the plug-in cost; then,
+    per file with two rounds or more, the paired table (:func:`paired`)."""
     rows = []
+    docs = []
     for path in paths:
         doc = json.loads(Path(path).read_text())
+        docs.append((path, doc))
         for name, v in doc.items():
             if not isinstance(v, dict) or "runs" not in v:
                 continue
@@ -161,6 +165,61 @@ def summarize_runs(paths: list[str]) -> None:
                              f"{cpu['own_over_vllm_wall']:.2f}" if cpu else "-"])
     table(["file", "policy", "run", "TDG %", "high TTFT-SLO %", "py-spy share %",
            "CPU share %", "own/vLLM CPU", "own/vLLM wall"], rows)
+    for path, doc in docs:
+        results = {k: v["runs"] for k, v in doc.items() if isinstance(v, dict) and "runs" in v}
+        if len(results) >= 2:
+            print(Path(path).stem)
+            print_paired(results, ref)
+
+
+def paired(results: dict[str, list[dict]], ref: str) -> list[list[str]]:
+    """Per-round differences against ``ref``: one row per other variant.
+
+    Why: on a shared 2-core host the same configuration's TDG moves by tens of points between
+    runs minutes apart (docs/BENCHMARKS.md section 15), and the variants of one round run back
+    to back, so a slow spell of the host hits all of them. The difference within a round
+    cancels what the round shares; the count of rounds ahead is a sign test's statistic
+    (``p_sign``: two-sided, ties dropped), which assumes nothing about the spread's shape.
+    """
+    base = results[ref]
+    rows = []
+    for name, runs in results.items():
+        if name == ref:
+            continue
+        n = min(len(runs), len(base))
+        d = sorted(100 * (runs[i]["tdg_ratio"] - base[i]["tdg_ratio"]) for i in range(n))
+        dh = sorted(100 * (runs[i]["per_class"]["high"]["ttft_attainment"]
+                           - base[i]["per_class"]["high"]["ttft_attainment"]) for i in range(n))
+        if not d:
+            continue
+        ahead, behind = sum(x > 0 for x in d), sum(x < 0 for x in d)
+        rows.append([name, f"{float(np.median(d)):+.1f} [{d[0]:+.1f} to {d[-1]:+.1f}]",
+                     f"{ahead}/{n}", f"{sign_test(ahead, behind):.3f}",
+                     f"{float(np.median(dh)):+.1f} [{dh[0]:+.1f} to {dh[-1]:+.1f}]"])
+    return rows
+
+
+def sign_test(ahead: int, behind: int) -> float:
+    """Two-sided sign-test p-value for ``ahead`` wins and ``behind`` losses (ties dropped)."""
+    n = ahead + behind
+    if n == 0:
+        return 1.0
+    k = min(ahead, behind)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def print_paired(results: dict[str, list[dict]], ref: str | None) -> None:
+    """The paired table, against ``ref`` (a variant name, or the first variant when None)."""
+    names = list(results)
+    if len(names) < 2 or min(len(v) for v in results.values()) < 2:
+        return
+    ref = ref or names[0]
+    if ref not in results:
+        raise SystemExit(f"--paired-ref {ref!r} is not one of the variants: {names}")
+    print(f"Paired by round, against {ref} (difference in points; rounds ahead; sign test):")
+    table(["policy", "TDG diff", "rounds ahead", "p (sign)", "high TTFT-SLO diff"],
+          paired(results, ref))
 
 
 def simulated(a: argparse.Namespace) -> None:
@@ -226,12 +285,15 @@ def main() -> None:
                     help="no servers: print one row per run of these --json files (TDG, "
                          "high-class TTFT-SLO, and with --py-spy/--timing the plug-in's share "
                          "of EngineCore time)")
+    ap.add_argument("--paired-ref", default=None,
+                    help="variant the paired per-round table compares against (default: the "
+                         "first one run, e.g. 'vllm priority')")
     ap.add_argument("--simulate", metavar="PROFILE", default=None,
                     help="no servers: run the same workload through the simulator with this "
                          "profile (e.g. docs/results/vllm-cpu-tiny.yaml) and the same limits")
     a = ap.parse_args()
     if a.summarize:
-        summarize_runs(a.summarize)
+        summarize_runs(a.summarize, a.paired_ref)
         return
     if a.simulate:
         simulated(a)
@@ -322,6 +384,7 @@ def main() -> None:
                      str(sum(r["errors"] or 0 for r in runs) or "-")])
     table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "low TTFT-SLO %", "all SLO %",
            "high TTFT p50 ms", "TPOT p50 ms", "errors"], rows)
+    print_paired(results, a.paired_ref)
     if a.json:
         Path(a.json).write_text(json.dumps(
             {k: {"runs": v} for k, v in results.items()} | {"args": vars(a),
