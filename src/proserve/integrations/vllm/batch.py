@@ -48,6 +48,9 @@ class BatchPlan:
     taken_running: int = 0  # running requests the walk scheduled
     admitted: int = 0  # waiting requests the walk scheduled
     predicted_s: float = 0.0  # predicted step time of the planned batch (with c0)
+    # what ended the walk of the order: "tokens" (the token cap), "time" (the latency budget),
+    # "" (it reached the end of what it could take); diagnostics (PROSERVE_PLUGIN_TIMING)
+    stop: str = ""
 
 
 def plan_batch(
@@ -88,6 +91,7 @@ def plan_batch(
         for i, sh in enumerate(items):
             room = cap - st.tokens
             if room <= 0:
+                st.stop = "tokens"
                 return
             if id(sh) in skip:
                 continue
@@ -103,6 +107,7 @@ def plan_batch(
             if sh.generated > 0 and pend <= 1:  # decode stage
                 cost = d1 + d2 * (p + 1)
                 if cost > left and st.tokens:
+                    st.stop = "time"
                     return
                 q = 1
             else:
@@ -112,6 +117,7 @@ def plan_batch(
                 q = model.max_chunk(left, p, min(pend, room)) if time_chunks else min(pend, room)
                 if q < pend and q < min_chunk:
                     if st.tokens:
+                        st.stop = "time"
                         return
                     q = min(pend, room, min_chunk)
                 cost = model.seq_time(q, p)
@@ -126,9 +132,10 @@ def plan_batch(
 
     if late and late_budget > 0:
         walk(late, late_budget, set(), cap=min(late_tokens or token_cap, token_cap))
+        st.stop = ""  # the slice's own limits end the slice, not the step
     walk(order, budget, st.took, running_order)
     plan = BatchPlan(token_budget=max(st.tokens, 1), taken_running=len(st.taken),
-                     admitted=st.admitted, predicted_s=st.t)
+                     admitted=st.admitted, predicted_s=st.t, stop=st.stop)
     left_out = [h for h in running if id(h) not in st.taken]
     if pacing:
         plan.paced = left_out
@@ -145,5 +152,6 @@ class _Walk:
     free_slots: int
     tokens: int = 0
     admitted: int = 0
+    stop: str = ""
     taken: set[int] = field(default_factory=set)  # id() of running vLLM requests taken
     took: set[int] = field(default_factory=set)  # id() of shadows taken

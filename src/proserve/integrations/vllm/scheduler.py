@@ -126,7 +126,7 @@ class _StepClock:
     replace) as JSON."""
 
     __slots__ = ("path", "steps", "own_cpu", "own_wall", "vllm_cpu", "vllm_wall", "t0_cpu",
-                 "t0_wall", "t0_proc")
+                 "t0_wall", "t0_proc", "plans")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -134,6 +134,19 @@ class _StepClock:
         self.own_cpu = self.own_wall = self.vllm_cpu = self.vllm_wall = 0.0
         self.t0_cpu, self.t0_wall, self.t0_proc = (time.thread_time(), time.perf_counter(),
                                                    time.process_time())
+        # the batch decision's steps: how many, how many held decodes out (and how many
+        # decodes), and what ended the walk (token cap or latency budget)
+        self.plans = {"steps": 0, "paced_steps": 0, "paced_requests": 0, "stopped_by_tokens": 0,
+                      "stopped_by_time": 0}
+
+    def plan(self, plan: BatchPlan) -> None:
+        p = self.plans
+        p["steps"] += 1
+        if plan.paced:
+            p["paced_steps"] += 1
+            p["paced_requests"] += len(plan.paced)
+        if plan.stop:
+            p[f"stopped_by_{plan.stop}"] += 1
 
     def add(self, c0: float, w0: float, c1: float, w1: float) -> None:
         c2, w2 = time.thread_time(), time.perf_counter()
@@ -150,7 +163,7 @@ class _StepClock:
                "vllm_schedule_cpu_s": self.vllm_cpu, "vllm_schedule_wall_s": self.vllm_wall,
                "thread_cpu_s": time.thread_time() - self.t0_cpu,
                "process_cpu_s": time.process_time() - self.t0_proc,
-               "wall_s": time.perf_counter() - self.t0_wall}
+               "wall_s": time.perf_counter() - self.t0_wall, "batch_plans": self.plans}
         tmp = f"{self.path}.tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f)
@@ -457,6 +470,8 @@ class ProServeScheduler(AsyncScheduler):
                     r.next_decode_eligible_step = skip
             self.paced_steps += len(plan.paced)
         self.last_plan = plan
+        if self.clock is not None:
+            self.clock.plan(plan)
 
     def _preempt_for_waiting(self, now: float) -> None:
         """Let the best waiting request displace worse-ranked running ones (#40004)."""
