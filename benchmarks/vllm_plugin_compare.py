@@ -229,8 +229,16 @@ def print_paired(results: dict[str, list[dict]], ref: str | None) -> None:
           paired(results, ref))
 
 
-def simulated(a: argparse.Namespace) -> None:
-    """The same comparison in the simulator: vLLM's policies and the plug-in's SlideBatching."""
+def simulated_rows(a: argparse.Namespace) -> tuple[str, list[list[str]]]:
+    """The same comparison in the simulator: vLLM's policies and the plug-in's policies, one
+    row each, with what the slot semantics change besides gain (preemptions, the drain, tails).
+
+    Why the extra columns: with vLLM's meaning of ``max_num_seqs`` (``resident_seqs``) a request
+    holds its sequence slot for its whole decode, so an admission decision is a commitment, and
+    the plug-in's tail preemption (a higher-class request displacing a lower-class one, whose
+    KV is then recomputed) is how a late admission is undone. How often that happens, when the
+    backlog is drained and how long the longest wait is say whether a policy's gain costs
+    throughput or tail (docs/BENCHMARKS.md section 15)."""
     from proserve.core.metrics import summarize
     from proserve.engine import make_scheduler
     from proserve.latency.profiles import load_profile
@@ -242,7 +250,8 @@ def simulated(a: argparse.Namespace) -> None:
     for p in filter(None, a.plugin_policies.split(",")):
         # max_num_seqs as a cap on one step's batch (our engine's meaning), and as vLLM's cap on
         # the requests holding KV, with the plug-in's tail preemption (resident_seqs)
-        pols[f"plug-in {p}"] = p
+        if not a.vllm_slots_only:
+            pols[f"plug-in {p}"] = p
         pols[f"plug-in {p}, vLLM slots"] = p
         extra[f"plug-in {p}, vLLM slots"] = {"resident_seqs": True}
     rows = []
@@ -254,12 +263,21 @@ def simulated(a: argparse.Namespace) -> None:
         simulate(reqs, [eng], ingress_s=float(m.meta.get("request_overhead_s", 0.0)))
         s = summarize(reqs, 1.0, 1.0, list(CLASSES))
         hi = s["per_class"]["high"]
+        waits = [r.first_token_time - r.arrival for r in reqs if r.first_token_time >= 0]
         rows.append([f"sim {name}", f"{100 * s['tdg_ratio']:.1f}",
                      f"{100 * hi['tdg_ratio']:.1f}", f"{100 * hi['ttft_attainment']:.1f}",
-                     f"{1000 * s['tpot_p50']:.2f}"])
-    print(f"simulated, profile {m.name}, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
+                     f"{1000 * s['tpot_p50']:.2f}", str(eng.num_preemptions),
+                     f"{max(r.finish_time for r in reqs):.1f}", f"{s['ttft_p99']:.1f}",
+                     f"{max(waits):.1f}"])
+    return m.name, rows
+
+
+def simulated(a: argparse.Namespace) -> None:
+    m_name, rows = simulated_rows(a)
+    print(f"simulated, profile {m_name}, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
           f"{a.seconds:g} s, seed {a.seed}")
-    table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "TPOT p50 ms"], rows)
+    table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "TPOT p50 ms", "preemptions",
+           "drained s", "TTFT p99 s", "longest wait s"], rows)
 
 
 def main() -> None:
@@ -305,6 +323,9 @@ def main() -> None:
     ap.add_argument("--simulate", metavar="PROFILE", default=None,
                     help="no servers: run the same workload through the simulator with this "
                          "profile (e.g. docs/results/vllm-cpu-tiny.yaml) and the same limits")
+    ap.add_argument("--vllm-slots-only", action="store_true",
+                    help="with --simulate: only vLLM's meaning of max_num_seqs for the plug-in's "
+                         "policies (skip our engine's per-step meaning)")
     a = ap.parse_args()
     if a.summarize:
         summarize_runs(a.summarize, a.paired_ref)

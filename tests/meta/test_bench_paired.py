@@ -56,3 +56,28 @@ def test_unknown_reference_is_an_error_naming_the_variants() -> None:
     results = {"a": [_run(0.5, 0.5)] * 2, "b": [_run(0.5, 0.5)] * 2}
     with pytest.raises(SystemExit, match="'c' is not one of the variants"):
         compare.print_paired(results, "c")
+
+
+def test_simulated_rows_report_churn_drain_and_tails() -> None:
+    import argparse
+
+    root = Path(__file__).resolve().parents[2]
+    a = argparse.Namespace(rate=30.0, seconds=4.0, seed=1, ttft=1.0, tpot=0.1, max_num_seqs=4,
+                           simulate=str(root / "docs/results/vllm-cpu-tiny.yaml"),
+                           plugin_policies="slide-bounded", vllm_slots_only=True)
+    name, rows = compare.simulated_rows(a)
+    assert name.startswith("vllm-cpu-tiny")
+    by = {r[0]: r for r in rows}
+    # --vllm-slots-only: the plug-in's policy only with vLLM's meaning of max_num_seqs
+    assert list(by) == ["sim vllm fcfs", "sim vllm priority",
+                        "sim plug-in slide-bounded, vLLM slots"]
+    for r in rows:
+        tdg, preempt, drained, p99, longest = (float(r[1]), int(r[5]), float(r[6]),
+                                               float(r[7]), float(r[8]))
+        assert 0 <= tdg <= 100
+        assert drained >= a.seconds * 0.9  # the last arrival is near the end of the window
+        assert longest >= p99 > 0
+        if r[0].startswith("sim vllm"):
+            assert preempt == 0  # vLLM's policies preempt only for KV, which never binds here
+    # 4 slots at 30 req/s are overloaded: the plug-in's tail preemption displaces requests
+    assert int(by["sim plug-in slide-bounded, vLLM slots"][5]) > 0
