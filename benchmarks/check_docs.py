@@ -314,12 +314,16 @@ def noise(ctx: Ctx, row: list[str]) -> Expected:
 
 @rule("admission")
 def admission(ctx: Ctx, row: list[str]) -> Expected:
-    """admission_overload.py JSON: rows 'policy | admission (off, or on, TIMEOUT s) | class'; SLO
-    att %, refused, TTFT p99 s, admitted over (queue timeout + TTFT SLO), worst excess s."""
-    on = plain(row[1]).startswith("on")
-    kw: dict[str, Any] = {"policy": plain(row[0]), "admission": str(on)}
+    """admission_overload.py JSON: rows 'policy | admission (off, or on, TIMEOUT s[, yield
+    SHARE]) | class'; SLO att %, refused, TTFT p99 s, admitted over (queue timeout + TTFT SLO),
+    worst excess s."""
+    adm = plain(row[1])
+    on = adm.startswith("on")
+    kw: dict[str, Any] = {"policy": plain(row[0]), "admission": str(on),
+                          "yield_share": first_number(adm.split("yield")[1])
+                          if "yield" in adm else 0.0}
     if on:
-        kw["queue_timeout_s"] = first_number(row[1])
+        kw["queue_timeout_s"] = first_number(adm)
     x = find(ctx.files[0]["points"], **kw)
     cls = plain(row[2])
     m, w = x["per_class"][cls], x["admitted_wait"][cls]
@@ -328,7 +332,8 @@ def admission(ctx: Ctx, row: list[str]) -> Expected:
                 w["over_bound"]), "worst excess s": float(w["worst_excess_s"])}
     out: Expected = {c: [keys[plain(h)]] for c, h in enumerate(ctx.table.header)
                      if plain(h) in keys}
-    out[1] = [float(x["queue_timeout_s"])] if on else None
+    out[1] = None if not on else [float(x["queue_timeout_s"])] + (
+        [float(x["yield_share"])] if x.get("yield_share") else [])
     return out
 
 

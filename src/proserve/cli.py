@@ -164,6 +164,7 @@ def simulate(
     admission: bool = typer.Option(False, "--admission", help="Admission control as the gateway does it: a request predicted to miss its TTFT SLO waits up to --queue-timeout for capacity, then is served late or refused (429); --shed classes are refused at once."),
     queue_timeout: float = typer.Option(5.0, "--queue-timeout", help="With --admission: seconds a late request may wait for capacity (the gateway's default)."),
     shed: str | None = typer.Option(None, "--shed", help="With --admission: comma-separated sheddable classes (refused at once when predicted late)."),
+    yield_share: float = typer.Option(0.0, "--yield-share", help="With --shed: the share of the engine heavier classes are expected to take while a sheddable request waits; its predicted TTFT is stretched by 1/(1-share) before it is judged (0: as predicted). See cluster/admission.py."),
     request_overhead_ms: float | None = typer.Option(None, "--request-overhead-ms", help="Fixed per-request latency outside the engine (API server, network), ms. Default: the profile's measured value (profiles from `proserve profile --server`), else 0."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
@@ -187,6 +188,7 @@ def simulate(
         max_model_len=max_model_len, latency_noise=latency_noise, truth_profile=truth_profile,
         admission=admission, queue_timeout_s=queue_timeout,
         shed_classes=[c.strip() for c in (shed or "").split(",") if c.strip()],
+        yield_share=yield_share,
     )
     try:
         if quiet:

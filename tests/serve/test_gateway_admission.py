@@ -255,6 +255,41 @@ def test_hopelessly_late_after_its_queue_timeout_gets_429_queue_timeout() -> Non
     asyncio.run(go())
 
 
+def test_yield_share_sheds_what_the_plain_prediction_would_admit() -> None:
+    """A sheddable class judged with yield_share 0.95: its prediction is stretched 20x. A small
+    request on the idle backend still fits its 2 s SLO (a few ms x 20); the big one, predicted
+    ~0.2 s alone (admitted without the share, as busy() relies on), does not: 429 at once."""
+    async def go():
+        stub, clock = Stub(), FakeClock()
+        gw, c = await gateway([await stub.start()], clock, class_settings={
+            "relaxed": {"sheddable": True, "yield_share": 0.95}})
+        try:
+            r = await c.post("/v1/completions", headers=RELAXED,
+                             json={"model": MODEL, "prompt": [1] * SMALL, "max_tokens": 1})
+            assert r.status == 200 and stub.started(SMALL)
+            r = await c.post("/v1/completions", headers=RELAXED,
+                             json={"model": MODEL, "prompt": [1] * BIG, "max_tokens": 1})
+            d = await r.json()
+            assert r.status == 429 and d["error"]["code"] == "capacity_shed", d
+            assert not stub.started(BIG)
+            assert await metric(
+                c, 'proserve_shed_total{class="relaxed",model="m",tenant="r"}') == 1.0
+        finally:
+            stub.release()
+            await c.close()
+            await stub.server.close()
+    asyncio.run(go())
+
+
+def test_yield_share_outside_0_1_is_a_config_error() -> None:
+    base = {"model": MODEL, "classes": CLASSES, "backends": [{"url": "http://x:1"}],
+            "tenants": [{"name": "f", "api_keys": ["k"], "class": "fast"}]}
+    for bad in (-0.5, 1.0):
+        with pytest.raises(ValueError, match="yield_share"):
+            GatewayConfig.model_validate({**base, "class_settings": {
+                "fast": {"sheddable": True, "yield_share": bad}}})
+
+
 # ---------------------------------------------------------------------------- scraping
 def test_apply_scrape_reads_vllm_and_sglang_names() -> None:
     m = load_profile("llama3.1-8b@h100")

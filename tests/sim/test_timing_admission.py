@@ -94,6 +94,21 @@ def test_admission_decision_table() -> None:
     assert decide(r, 5.0, 5.0, 5.0, wait5) is Decision.TIMEOUT  # 10.0: hopelessly late
 
 
+def test_yield_share_stretches_the_prediction_before_it_is_judged() -> None:
+    r = R(0, arrival=0.0, ttft=1.0)
+    # predicted first token 0.6 s from now: on time as predicted, late once stretched by
+    # 1 / (1 - 0.5) = 2 (heavier work arriving meanwhile overtakes it)
+    assert decide(r, 0.6, 0.0, 0.0, ClassAdmission(5.0, True)) is Decision.ADMIT
+    assert decide(r, 0.6, 0.0, 0.0, ClassAdmission(5.0, True, 0.5)) is Decision.SHED
+    assert decide(r, 0.6, 0.0, 0.0, ClassAdmission(5.0, False, 0.5)) is Decision.WAIT
+    assert decide(r, 0.4, 0.0, 0.0, ClassAdmission(5.0, True, 0.5)) is Decision.ADMIT  # 0.8
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match="yield_share"):
+            ClassAdmission(5.0, True, bad)
+    with pytest.raises(ValueError, match="queue_timeout_s"):
+        ClassAdmission(-1.0, True)
+
+
 # ---------------------------------------------------------------- admission in the simulator
 def _overload(seed: int = 5) -> list[Request]:
     reqs = random_requests(seed, 1200, rate=80.0, ttft=0.3, tpot=0.05)
@@ -125,6 +140,36 @@ def test_simulated_admission_sheds_only_what_it_must_and_ends_everything() -> No
     sb = summarize(base, class_order=["high", "low"])
     assert sb["rejected"] == 0
     assert high["ttft_p99"] < sb["per_class"]["high"]["ttft_p99"]
+
+
+def test_yield_share_protects_the_heavier_class_from_admitted_sheddable_work() -> None:
+    """Under overload, a sheddable class admitted on the queue as it is now takes the engine
+    from the heavier class once admitted; judged with the heavier class's share, fewer of its
+    requests are admitted and the heavier class attains more."""
+    m = toy_model()
+
+    def attained(share: float) -> tuple[float, int]:
+        rules = {"high": ClassAdmission(2.0, False), "low": ClassAdmission(2.0, True, share)}
+        reqs = _overload()
+        simulate(reqs, [make_scheduler("slide-bounded", m)],
+                 admission=lambda r: rules[r.cls], drain_s=600)
+        s = summarize(reqs, class_order=["high", "low"])
+        return s["per_class"]["high"]["slo_attainment"], s["per_class"]["low"]["rejected"]
+
+    high0, shed0 = attained(0.0)
+    high9, shed9 = attained(0.9)
+    assert shed9 > shed0
+    assert high9 > high0
+    assert attained(0.9) == (high9, shed9)  # deterministic
+
+
+def test_yield_share_needs_admission_and_shed_classes() -> None:
+    with pytest.raises(ValueError, match="yield_share"):
+        run(SimConfig(trace="sharegpt", rate=5, count=10, yield_share=0.5))
+    with pytest.raises(ValueError, match="yield_share"):
+        run(SimConfig(trace="sharegpt", rate=5, count=10, admission=True, yield_share=0.5))
+    with pytest.raises(ValueError):
+        SimConfig(trace="sharegpt", rate=5, count=10, yield_share=1.0)
 
 
 @pytest.mark.parametrize("ttft, served", [(0.2, True), (0.05, False)])

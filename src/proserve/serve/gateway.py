@@ -278,7 +278,8 @@ class ModelPool:
         only when the request is admitted.
         """
         settings = self.settings(r.cls)
-        rule = ClassAdmission(settings.queue_timeout_s, settings.sheddable)
+        rule = ClassAdmission(settings.queue_timeout_s, settings.sheddable,
+                              settings.yield_share)
         clock = self.gw._clock
         start = clock()
         queued = False

@@ -39,6 +39,9 @@ class ClassSettings(BaseModel):
 
     queue_timeout_s: float = Field(default=5.0, ge=0)  # how long a request may wait for capacity
     sheddable: bool = False  # 429 + Retry-After at once instead of waiting
+    # share of the engine heavier classes take while a request of this class waits: its
+    # predicted TTFT is stretched by 1 / (1 - yield_share) (cluster/admission.py); 0: off
+    yield_share: float = Field(default=0.0, ge=0, lt=1)
 
 
 class TenantConfig(BaseModel):

@@ -81,6 +81,9 @@ class SimConfig(BaseModel):
     admission: bool = False
     queue_timeout_s: float = Field(default=5.0, ge=0)  # the gateway's default per class
     shed_classes: list[str] = Field(default_factory=list)  # classes refused at once when late
+    # the shed classes' yield_share (cluster/admission.py): their predicted TTFT is stretched by
+    # 1 / (1 - yield_share) for the heavier work that will overtake them while they wait
+    yield_share: float = Field(default=0.0, ge=0, lt=1)
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
     tenant_classes: str | None = None
@@ -308,12 +311,17 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         if hasattr(router, "set_instances"):
             router.set_instances(len(pool))
     admission = None
+    if cfg.yield_share and not (cfg.admission and cfg.shed_classes):
+        raise ValueError("yield_share applies to the shed classes of --admission: give "
+                         "--admission and --shed CLASSES, or leave --yield-share at 0")
     if cfg.admission:
         names = [c.name for c in classes]
         bad = [c for c in cfg.shed_classes if c not in names]
         if bad:
             raise ValueError(f"shed classes {bad} are not among the classes {names}")
-        rules = {c: ClassAdmission(cfg.queue_timeout_s, c in cfg.shed_classes) for c in names}
+        rules = {c: ClassAdmission(cfg.queue_timeout_s, c in cfg.shed_classes,
+                                   cfg.yield_share if c in cfg.shed_classes else 0.0)
+                 for c in names}
         admission = lambda r: rules[r.cls]  # noqa: E731
     truth = load_profile(cfg.truth_profile) if cfg.truth_profile else None
     timer = StepTimer(model, truth, cfg.latency_noise, cfg.seed)
