@@ -8,6 +8,13 @@ the two results side by side with their ratios.
 
     python benchmarks/e2e_fidelity.py --instances 4 --rate 40 --duration 60
     python benchmarks/e2e_fidelity.py --instances 16 --processes 2 --rate 64 --duration 60
+    python benchmarks/e2e_fidelity.py --instances 1 --rate 37.5 --duration 60 \\
+        --policy slide-bounded --admission --yield-share 0.75
+
+``--admission``: the gateway's admission as configured for an overloaded fleet (the high class
+waits up to the default 5 s queue timeout, the low class is sheddable with ``--yield-share``),
+and ``proserve simulate --admission --shed low --yield-share`` on the simulated side: the same
+decision code (cluster/admission.py) on both. Refused requests (429) count as misses on both.
 
 Everything listens on 127.0.0.1 only; every process is stopped at the end.
 """
@@ -26,7 +33,7 @@ from pathlib import Path
 from _common import cpu_seconds, loadavg, stop_all, table, wait_up
 
 KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50",
-        "tpot_p99")
+        "tpot_p99", "rejected")
 
 
 def summarize(paths: list[str]) -> None:
@@ -61,8 +68,15 @@ def main() -> None:
     ap.add_argument("--profile", default="llama3.1-8b@h100")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=18301)
+    ap.add_argument("--admission", action="store_true",
+                    help="high waits up to 5 s for capacity, low is sheddable (gateway and "
+                         "simulator alike); default: both admitted at once")
+    ap.add_argument("--yield-share", type=float, default=0.0,
+                    help="with --admission: the low class's yield_share (cluster/admission.py)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    if a.yield_share and not a.admission:
+        raise SystemExit("--yield-share needs --admission")
     if a.summarize:
         summarize(a.summarize)
         return
@@ -73,7 +87,10 @@ def main() -> None:
                  "profile": a.profile} for i in range(a.instances)]
     cfg = {"model": "proserve-emulated", "port": gw_port, "router": a.router,
            "classes": "high:w=2,share=0.5;low:w=1,share=0.5",
-           "class_settings": {"high": {"queue_timeout_s": 0}, "low": {"queue_timeout_s": 0}},
+           "class_settings": (
+               {"high": {"queue_timeout_s": 5.0},
+                "low": {"sheddable": True, "yield_share": a.yield_share}} if a.admission else
+               {"high": {"queue_timeout_s": 0}, "low": {"queue_timeout_s": 0}}),
            "backends": backends,
            "tenants": [{"name": "hi", "api_keys": ["k-hi"], "class": "high"},
                        {"name": "lo", "api_keys": ["k-lo"], "class": "low"}]}
@@ -109,13 +126,17 @@ def main() -> None:
         load1 = loadavg()
     finally:
         stop_all(procs)
+    adm = (["--admission", "--queue-timeout", "5", "--shed", "low", "--yield-share",
+            str(a.yield_share)] if a.admission else [])
     subprocess.run(cli + ["simulate", *work, "--instances", str(a.instances), "--policy",
-                          a.policy, "--router", a.router, "--quiet", "--out",
+                          a.policy, "--router", a.router, *adm, "--quiet", "--out",
                           str(tmp / "sim.json")], check=True)
     live = json.loads((tmp / "bench.json").read_text())
     sim = json.loads((tmp / "sim.json").read_text())
     print(f"e2e fidelity: {a.instances} x {a.policy} in {a.processes} emulator process(es) "
-          f"behind gateway/{a.router}, azure-conv "
+          f"behind gateway/{a.router}"
+          + (f" with admission (low sheddable, yield_share {a.yield_share:g})" if a.admission
+             else "") + ", azure-conv "
           f"{a.duration:g} s at {a.rate:g} req/s, seed {a.seed}; {live['requests']} requests, "
           f"errors {live['errors'] or 'none'}; bench took {bench_wall:.0f} s; load average "
           f"{load0} -> {load1}; cores used: emulator {cores['emulator']:.2f}, gateway "

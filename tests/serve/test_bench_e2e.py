@@ -295,3 +295,35 @@ def test_a_salt_outside_what_prompts_can_spell_is_refused() -> None:
     for bad in (-1, SALTS):
         with pytest.raises(ValueError, match="salt must be in"):
             asyncio.run(run_bench(BenchConfig(target="http://127.0.0.1:9", salt=bad), []))
+
+
+def test_a_refusal_is_counted_as_rejected_as_in_the_simulator() -> None:
+    """A 429 (admission shed, queue timeout, tenant limit) is what the simulator's --admission
+    counts as rejected: no gain, a miss in attainment, and no latency sample; other failures
+    stay unfinished."""
+    from aiohttp import web
+
+    from proserve.core.request import Request, Status
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["prompt"][0] == 10:  # request id 0 spells 10 first: refused
+            return web.json_response({"error": {"message": "no capacity",
+                                                "code": "capacity_shed"}}, status=429)
+        return web.json_response({"error": {"message": "boom"}}, status=500)
+
+    async def go():
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        async with TestServer(app) as sv:
+            reqs = [Request(i, 0.01 * i, 16, 4, ttft_slo=1.0, tpot_slo=0.1, cls="low")
+                    for i in range(2)]
+            res = await run_bench(BenchConfig(target=str(sv.make_url("")), model=MODEL), reqs)
+            return reqs, res
+
+    reqs, res = asyncio.run(go())
+    assert reqs[0].status == Status.REJECTED and reqs[0].finish_time >= 0
+    assert reqs[1].status == Status.UNFINISHED
+    assert res["rejected"] == 1 and res["per_class"]["low"]["rejected"] == 1
+    assert res["errors"] == {"429": 1, "500": 1}
+    assert res["slo_attainment"] == 0.0

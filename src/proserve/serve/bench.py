@@ -53,6 +53,7 @@ class BenchConfig:
 class _Outcome:
     code: str = "ok"
     detail: str = ""
+    at: float = -1.0  # when a refusal (429) came back, s from the run's start
 
 
 #: How many distinct salts :func:`unique_ids` can spell (two base-990 tokens).
@@ -138,6 +139,7 @@ async def _one(session: aiohttp.ClientSession, cfg: BenchConfig, r: Request, t0:
             if resp.status != 200:
                 outcome.code = str(resp.status)
                 outcome.detail = (await resp.text())[:300]
+                outcome.at = time.monotonic() - t0
                 return
             async for chunk in sse_json(resp.content):
                 if "error" in chunk:
@@ -193,6 +195,11 @@ async def run_bench(cfg: BenchConfig, requests: list[Request],
         ok = o.code == "ok" and r.generated >= r.output_len
         r.status = Status.FINISHED if ok else Status.UNFINISHED
         r.finish_time = r.last_token_time if r.generated else wall
+        if o.code == "429" and not r.generated:
+            # refused (admission shed or timed out, or a tenant limit): what the simulator's
+            # --admission counts as rejected: no gain, a miss in attainment, not a latency
+            r.status = Status.REJECTED
+            r.finish_time = o.at
     classes = list(dict.fromkeys(r.cls for r in sorted(requests, key=lambda x: x.priority)))
     res = summarize(requests, class_order=classes)
     codes = Counter(o.code for o in outcomes)
