@@ -39,21 +39,9 @@ WORKLOADS = ((60.0, 16, 0), (30.0, 4, 0), (45.0, 8, 1))  # vllm_plugin_compare.p
 class DisplaceOnce(SlideBounded):
     """Tail preemption displaces only requests never displaced before."""
 
-    def _free_slots(self, order, out):
-        free = self.max_num_seqs - self.kv.holding
-        if free > 0 or self.max_preempt_per_step == 0:
-            return free
-        best = next((r for r in order if not r.blocks), None)
-        if best is None:
-            return free
-        victims = [r for r in order
-                   if r.blocks > 0 and r.priority > best.priority and r.preemptions == 0]
-        for v in reversed(victims[-self.max_preempt_per_step:]):
-            if free > 0:
-                break
-            self._preempt(v, out)
-            free += 1
-        return free
+    @staticmethod
+    def _may_displace(victim, best) -> bool:
+        return victim.priority > best.priority and victim.preemptions == 0
 
 
 class SliceOwn(SlideBounded):

@@ -260,13 +260,19 @@ class UnifiedQueueScheduler(BaseScheduler):
         best = next((r for r in order if not r.blocks), None)
         if best is None:
             return free
-        victims = [r for r in order if r.blocks > 0 and r.priority > best.priority]
+        victims = [r for r in order if r.blocks > 0 and self._may_displace(r, best)]
         for v in reversed(victims[-self.max_preempt_per_step:]):
             if free > 0:
                 break
             self._preempt(v, out)
             free += 1
         return free
+
+    @staticmethod
+    def _may_displace(victim: Request, best: Request) -> bool:
+        """Whether ``best`` (waiting without KV) may displace the resident ``victim``: only
+        from a strictly lower class (the plug-in's rule; benchmarks/slot_probes.py varies it)."""
+        return victim.priority > best.priority
 
     def _schedule(self, now: float) -> SchedulerOutput:
         out = self.new_output()
