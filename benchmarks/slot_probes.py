@@ -30,7 +30,7 @@ from proserve.engine import make_scheduler
 from proserve.engine.slide_bounded import SlideBounded
 from proserve.latency.profiles import load_profile
 from proserve.sim.simulator import simulate
-from vllm_plugin_compare import CLASSES, CPU_MAX_BATCHED_TOKENS, workload
+from vllm_plugin_compare import CLASSES, CPU_MAX_BATCHED_TOKENS, churn_and_tail, workload
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ((60.0, 16, 0), (30.0, 4, 0), (45.0, 8, 1))  # vllm_plugin_compare.py's three
@@ -40,7 +40,7 @@ class DisplaceOnce(SlideBounded):
     """Tail preemption displaces only requests never displaced before."""
 
     @staticmethod
-    def _may_displace(victim, best) -> bool:
+    def may_displace(victim, best) -> bool:
         return victim.priority > best.priority and victim.preemptions == 0
 
 
@@ -111,11 +111,9 @@ def main() -> None:
             eng = make(seqs)
             simulate(reqs, [eng], ingress_s=float(m.meta.get("request_overhead_s", 0.0)))
             s = summarize(reqs, 1.0, 1.0, list(CLASSES))
-            waits = [r.first_token_time - r.arrival for r in reqs if r.first_token_time >= 0]
             rows.append([name, f"{100 * s['tdg_ratio']:.1f}",
                          f"{100 * s['per_class']['high']['ttft_attainment']:.1f}",
-                         str(eng.num_preemptions), f"{max(r.finish_time for r in reqs):.1f}",
-                         f"{s['ttft_p99']:.1f}", f"{max(waits):.1f}"])
+                         *churn_and_tail(reqs, eng, s)])
         print(f"simulated, profile {m.name}, vLLM slots, --max-num-seqs {seqs}, {rate:g} req/s "
               f"for {a.seconds:g} s, seed {seed}", flush=True)
         table(["policy", "TDG %", "high TTFT-SLO %", "preemptions", "drained s", "TTFT p99 s",

@@ -378,6 +378,25 @@ def test_no_free_slot_preempts_the_worst_ranked_lower_class_request(mk) -> None:
     assert s.at_entry.running == ["lo1"] and s.at_entry.waiting[0] == "hi"
 
 
+def test_the_displacement_rule_is_the_policys_own(mk) -> None:
+    """The plug-in asks its ranker (the policy our engine runs) whom a waiting request may
+    displace: the same rule as the simulator's resident_seqs, not a copy of it."""
+    s, lo1, lo2 = _two_lows_running(mk, seqs=2)
+    asked = []
+
+    def never(victim, best):
+        asked.append((victim.cls, best.cls))
+        return False
+
+    s.ranker.policy.may_displace = never
+    hi = req("hi")
+    add(s, hi)
+    step(s)
+    assert asked and s.proserve_preemptions == 0
+    assert hi.status == RequestStatus.WAITING
+    assert lo1.status == lo2.status == RequestStatus.RUNNING
+
+
 def test_too_few_kv_blocks_preempts_only_until_the_best_fits(mk) -> None:
     # 20 blocks of 16: each lo holds 7 (101 tokens), 6 free; hi needs 8 for its 120 tokens
     s, lo1, lo2 = _two_lows_running(mk, seqs=8, blocks=20)

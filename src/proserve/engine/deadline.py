@@ -260,7 +260,7 @@ class UnifiedQueueScheduler(BaseScheduler):
         best = next((r for r in order if not r.blocks), None)
         if best is None:
             return free
-        victims = [r for r in order if r.blocks > 0 and self._may_displace(r, best)]
+        victims = [r for r in order if r.blocks > 0 and self.may_displace(r, best)]
         for v in reversed(victims[-self.max_preempt_per_step:]):
             if free > 0:
                 break
@@ -269,9 +269,12 @@ class UnifiedQueueScheduler(BaseScheduler):
         return free
 
     @staticmethod
-    def _may_displace(victim: Request, best: Request) -> bool:
-        """Whether ``best`` (waiting without KV) may displace the resident ``victim``: only
-        from a strictly lower class (the plug-in's rule; benchmarks/slot_probes.py varies it)."""
+    def may_displace(victim: Request, best: Request) -> bool:
+        """Whether ``best`` (waiting without KV) may displace the resident ``victim`` to get a
+        sequence slot: only from a strictly lower class, so two requests of one class never evict
+        each other back and forth. One rule for our engine (``resident_seqs``) and the vLLM
+        plug-in's tail preemption (through :class:`~proserve.engine.ranker.Ranker`);
+        benchmarks/slot_probes.py varies it."""
         return victim.priority > best.priority
 
     def _schedule(self, now: float) -> SchedulerOutput:

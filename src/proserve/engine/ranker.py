@@ -14,7 +14,9 @@ and ask ``ordered(now)`` for the order and budget of the next step (or ``ordered
 must)`` for only its first ``k`` requests plus where ``must`` stand: what an engine that admits a
 few requests a step needs), then ``late_work(now,
 budget)`` for work that goes before that order in a time slice of its own (``slide-bounded``'s
-late prefills; empty for the others). Requests are
+late prefills; empty for the others), and ``may_displace(victim, best)`` for whether a request
+without KV may preempt a resident one to get a sequence slot (the same rule our engine applies
+with ``resident_seqs``). Requests are
 :class:`~proserve.core.request.Request` objects (the plug-in mirrors vLLM's into them).
 """
 
@@ -42,6 +44,7 @@ class Ranker(Protocol):
                      must: Sequence[Request] = ()) -> tuple[list[Request], float]: ...
     def late_work(self, now: float,
                   budget: float) -> tuple[list[Request], float, int]: ...
+    def may_displace(self, victim: Request, best: Request) -> bool: ...
     def __len__(self) -> int: ...
 
 
@@ -85,6 +88,9 @@ class PolicyRanker:
         token limit."""
         late_work = getattr(self.policy, "late_work", None)
         return late_work(now, budget) if late_work is not None else ([], 0.0, 0)
+
+    def may_displace(self, victim: Request, best: Request) -> bool:
+        return self.policy.may_displace(victim, best)
 
     def __len__(self) -> int:
         return len(self.policy.table)

@@ -481,15 +481,14 @@ class ProServeScheduler(AsyncScheduler):
         shadow = self.shadows.get(best.request_id)
         if shadow is None:  # not mirrored yet (it re-entered without add_request): next step
             return
-        best_class = shadow.priority
         pool = self.kv_cache_manager.block_pool
         need = -(-int(best.num_tokens) // self.block_size)
+        may = self.ranker.may_displace
         for _ in range(self.max_preempt):
-            # only strictly lower classes can be displaced: within a class, SlideBatching's
-            # order is left to vLLM's admission and KV-pressure preemption, so two requests of
-            # one class never evict each other back and forth
-            lower = [r for r in self.running
-                     if self.shadows[r.request_id].priority > best_class]
+            # the policy's displacement rule, the one our engine applies (only strictly lower
+            # classes: within a class, SlideBatching's order is left to vLLM's admission and
+            # KV-pressure preemption, so two requests never evict each other back and forth)
+            lower = [r for r in self.running if may(self.shadows[r.request_id], shadow)]
             if not lower:
                 return
             worst = max(lower, key=lambda r: r.priority)
