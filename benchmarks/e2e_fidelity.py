@@ -32,6 +32,8 @@ from pathlib import Path
 
 from _common import cpu_seconds, loadavg, stop_all, table, wait_up
 
+#: --admission: the high class's queue timeout (the gateway's default), on both sides
+QUEUE_TIMEOUT_S = 5.0
 KEYS = ("tdg_ratio", "slo_attainment", "goodput_rps", "ttft_p50", "ttft_p99", "tpot_p50",
         "tpot_p99", "rejected")
 
@@ -88,7 +90,7 @@ def main() -> None:
     cfg = {"model": "proserve-emulated", "port": gw_port, "router": a.router,
            "classes": "high:w=2,share=0.5;low:w=1,share=0.5",
            "class_settings": (
-               {"high": {"queue_timeout_s": 5.0},
+               {"high": {"queue_timeout_s": QUEUE_TIMEOUT_S},
                 "low": {"sheddable": True, "yield_share": a.yield_share}} if a.admission else
                {"high": {"queue_timeout_s": 0}, "low": {"queue_timeout_s": 0}}),
            "backends": backends,
@@ -126,7 +128,8 @@ def main() -> None:
         load1 = loadavg()
     finally:
         stop_all(procs)
-    adm = (["--admission", "--queue-timeout", "5", "--shed", "low", "--yield-share",
+    adm = (["--admission", "--queue-timeout", str(QUEUE_TIMEOUT_S), "--shed", "low",
+            "--yield-share",
             str(a.yield_share)] if a.admission else [])
     subprocess.run(cli + ["simulate", *work, "--instances", str(a.instances), "--policy",
                           a.policy, "--router", a.router, *adm, "--quiet", "--out",

@@ -27,8 +27,8 @@ stretches a lower class's wait by ``1 / (1 - rho)``, ``rho`` the heavier classes
 (Cobham's formula for non-preemptive priority queues). Without it a sheddable class is admitted
 whenever the queue looks short, and the admitted work then takes the engine from the protected
 classes: in the simulator at 1.5x overload (azure-conv 37.5 req/s, sharegpt 12 req/s) the high
-class attained 72% and 54% with the low class sheddable, against 91% and 99.5% with no low
-traffic at all (docs/BENCHMARKS.md section 11). It is the operator's statement of how much of
+class attained 72.1% and 54.2% with the low class sheddable, against 90.5% and 99.5% with no
+low traffic at all (docs/BENCHMARKS.md section 11). It is the operator's statement of how much of
 the engine the protected traffic uses, not an estimate the code makes: a share measured from
 arrivals needs each request's engine time, which batching makes depend on everything else in
 the batch. Being a constant it also sheds where the heavier classes use less than it says: at
