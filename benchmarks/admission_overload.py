@@ -4,7 +4,9 @@ One trace at one rate, a sheddable low class, for each policy with and without a
 class SLO attainment (refused requests count as misses), how many were refused, and the longest
 first-token wait of an *admitted* request against its class's queue timeout plus its TTFT SLO.
 ``--yield-shares`` adds rows with the low class judged with each ``yield_share`` (its predicted
-TTFT stretched by ``1 / (1 - share)``, cluster/admission.py), at the first queue timeout.
+TTFT stretched by ``1 / (1 - share)``, cluster/admission.py), at the first queue timeout;
+``--yield-targets`` rows with an adaptive share instead (``yield_target``: it follows the high
+class's first tokens, cluster/admission.py's ``AdaptiveShare``).
 
     python benchmarks/admission_overload.py --trace azure-conv --rate 37.5 \\
         --yield-shares 0.5,0.75,0.9 --json docs/results/admission_azure-conv_37.5.json
@@ -24,10 +26,10 @@ from proserve.core.request import Status
 from proserve.sim.run import SimConfig, run
 
 
-def _point(args: tuple[dict, str, bool, float, float]) -> dict:
-    base, policy, adm, timeout, share = args
+def _point(args: tuple[dict, str, bool, float, float, float | None]) -> dict:
+    base, policy, adm, timeout, share, target = args
     cfg = SimConfig(**base, policy=policy, admission=adm, shed_classes=["low"] if adm else [],
-                    queue_timeout_s=timeout, yield_share=share)
+                    queue_timeout_s=timeout, yield_share=share, yield_target=target)
     r = run(cfg, keep_requests=True)
     reqs = r.pop("_requests")
     over = {}
@@ -40,7 +42,7 @@ def _point(args: tuple[dict, str, bool, float, float]) -> dict:
         over[c] = {"admitted": len(adm_reqs), "over_bound": sum(e > 0 for e in excess),
                    "worst_excess_s": max(excess) if excess else None}
     return {"policy": policy, "admission": adm, "queue_timeout_s": timeout,
-            "yield_share": share, "tdg_ratio": r["tdg_ratio"],
+            "yield_share": share, "yield_target": target, "tdg_ratio": r["tdg_ratio"],
             "per_class": {c: {k: v[k] for k in ("slo_attainment", "rejected", "ttft_p99",
                                                  "max_wait_s", "tdg_ratio")}
                           for c, v in r["per_class"].items()},
@@ -58,6 +60,9 @@ def main() -> None:
     ap.add_argument("--yield-shares", default="",
                     help="comma-separated yield_share values for the sheddable low class "
                          "(rows with admission on at the first queue timeout); default: none")
+    ap.add_argument("--yield-targets", default="",
+                    help="comma-separated yield_target values: rows with the low class's "
+                         "share adaptive instead of constant; default: none")
     ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4))
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -65,11 +70,15 @@ def main() -> None:
     timeouts = [float(x) for x in a.queue_timeouts.split(",")]
     shares = [float(x) for x in a.yield_shares.split(",") if x.strip()]
     bad = [x for x in shares if not 0 < x < 1]
+    targets = [float(x) for x in a.yield_targets.split(",") if x.strip()]
+    bad += [x for x in targets if not 0 < x < 1]
     if bad:
-        raise SystemExit(f"--yield-shares: each must be in (0, 1), got {bad}")
-    jobs = [(base, p, False, 5.0, 0.0) for p in a.policies.split(",")]
-    jobs += [(base, p, True, t, 0.0) for p in a.policies.split(",") for t in timeouts]
-    jobs += [(base, p, True, timeouts[0], y) for p in a.policies.split(",") for y in shares]
+        raise SystemExit(f"--yield-shares/--yield-targets: each must be in (0, 1), got {bad}")
+    pols = a.policies.split(",")
+    jobs = [(base, p, False, 5.0, 0.0, None) for p in pols]
+    jobs += [(base, p, True, t, 0.0, None) for p in pols for t in timeouts]
+    jobs += [(base, p, True, timeouts[0], y, None) for p in pols for y in shares]
+    jobs += [(base, p, True, timeouts[0], 0.0, g) for p in pols for g in targets]
     with ProcessPoolExecutor(max_workers=a.workers) as ex:
         res = list(ex.map(_point, jobs))
         # for reference: the high class's traffic alone (half the rate, every request high),
@@ -87,6 +96,8 @@ def main() -> None:
             adm = f"on, {x['queue_timeout_s']:g} s" if x["admission"] else "off"
             if x["yield_share"]:
                 adm += f", yield {x['yield_share']:g}"
+            if x.get("yield_target") is not None:
+                adm += f", target {x['yield_target']:g}"
             rows.append([x["policy"], adm, c,
                          f"{100 * m['slo_attainment']:.1f}", str(m["rejected"]),
                          f"{m['ttft_p99']:.1f}" if m["ttft_p99"] is not None else "-",

@@ -315,13 +315,15 @@ def noise(ctx: Ctx, row: list[str]) -> Expected:
 @rule("admission")
 def admission(ctx: Ctx, row: list[str]) -> Expected:
     """admission_overload.py JSON: rows 'policy | admission (off, or on, TIMEOUT s[, yield
-    SHARE]) | class'; SLO att %, refused, TTFT p99 s, admitted over (queue timeout + TTFT SLO),
-    worst excess s."""
+    SHARE][, target T]) | class'; SLO att %, refused, TTFT p99 s, admitted over (queue timeout +
+    TTFT SLO), worst excess s."""
     adm = plain(row[1])
     on = adm.startswith("on")
     kw: dict[str, Any] = {"policy": plain(row[0]), "admission": str(on),
                           "yield_share": first_number(adm.split("yield")[1])
-                          if "yield" in adm else 0.0}
+                          if "yield" in adm else 0.0,
+                          "yield_target": first_number(adm.split("target")[1])
+                          if "target" in adm else None}
     if on:
         kw["queue_timeout_s"] = first_number(adm)
     x = find(ctx.files[0]["points"], **kw)
@@ -333,7 +335,8 @@ def admission(ctx: Ctx, row: list[str]) -> Expected:
     out: Expected = {c: [keys[plain(h)]] for c, h in enumerate(ctx.table.header)
                      if plain(h) in keys}
     out[1] = None if not on else [float(x["queue_timeout_s"])] + (
-        [float(x["yield_share"])] if x.get("yield_share") else [])
+        [float(x["yield_share"])] if x.get("yield_share") else []) + (
+        [float(x["yield_target"])] if x.get("yield_target") is not None else [])
     return out
 
 

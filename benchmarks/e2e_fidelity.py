@@ -10,11 +10,15 @@ the two results side by side with their ratios.
     python benchmarks/e2e_fidelity.py --instances 16 --processes 2 --rate 64 --duration 60
     python benchmarks/e2e_fidelity.py --instances 1 --rate 37.5 --duration 60 \\
         --policy slide-bounded --admission --yield-share 0.75
+    python benchmarks/e2e_fidelity.py --instances 1 --rate 37.5 --duration 60 \\
+        --policy slide-bounded --admission --yield-target 0.95
 
 ``--admission``: the gateway's admission as configured for an overloaded fleet (the high class
 waits up to the default 5 s queue timeout, the low class is sheddable with ``--yield-share``),
 and ``proserve simulate --admission --shed low --yield-share`` on the simulated side: the same
-decision code (cluster/admission.py) on both. Refused requests (429) count as misses on both.
+decision code (cluster/admission.py) on both; ``--yield-target`` makes the low class's share
+adaptive on both (the gateway counts the high class's outcomes as they stream, the simulator as
+its steps end). Refused requests (429) count as misses on both.
 
 Everything listens on 127.0.0.1 only; every process is stopped at the end.
 """
@@ -75,10 +79,12 @@ def main() -> None:
                          "simulator alike); default: both admitted at once")
     ap.add_argument("--yield-share", type=float, default=0.0,
                     help="with --admission: the low class's yield_share (cluster/admission.py)")
+    ap.add_argument("--yield-target", type=float, default=None,
+                    help="with --admission: the low class's yield_target (an adaptive share)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    if a.yield_share and not a.admission:
-        raise SystemExit("--yield-share needs --admission")
+    if (a.yield_share or a.yield_target is not None) and not a.admission:
+        raise SystemExit("--yield-share and --yield-target need --admission")
     if a.summarize:
         summarize(a.summarize)
         return
@@ -91,7 +97,8 @@ def main() -> None:
            "classes": "high:w=2,share=0.5;low:w=1,share=0.5",
            "class_settings": (
                {"high": {"queue_timeout_s": QUEUE_TIMEOUT_S},
-                "low": {"sheddable": True, "yield_share": a.yield_share}} if a.admission else
+                "low": {"sheddable": True, "yield_share": a.yield_share,
+                        "yield_target": a.yield_target}} if a.admission else
                {"high": {"queue_timeout_s": 0}, "low": {"queue_timeout_s": 0}}),
            "backends": backends,
            "tenants": [{"name": "hi", "api_keys": ["k-hi"], "class": "high"},
@@ -129,8 +136,9 @@ def main() -> None:
     finally:
         stop_all(procs)
     adm = (["--admission", "--queue-timeout", str(QUEUE_TIMEOUT_S), "--shed", "low",
-            "--yield-share",
-            str(a.yield_share)] if a.admission else [])
+            "--yield-share", str(a.yield_share)] + (
+                ["--yield-target", str(a.yield_target)] if a.yield_target is not None else [])
+           if a.admission else [])
     subprocess.run(cli + ["simulate", *work, "--instances", str(a.instances), "--policy",
                           a.policy, "--router", a.router, *adm, "--quiet", "--out",
                           str(tmp / "sim.json")], check=True)
@@ -138,8 +146,9 @@ def main() -> None:
     sim = json.loads((tmp / "sim.json").read_text())
     print(f"e2e fidelity: {a.instances} x {a.policy} in {a.processes} emulator process(es) "
           f"behind gateway/{a.router}"
-          + (f" with admission (low sheddable, yield_share {a.yield_share:g})" if a.admission
-             else "") + ", azure-conv "
+          + (f" with admission (low sheddable, yield_share {a.yield_share:g}"
+             + (f", yield_target {a.yield_target:g}" if a.yield_target is not None else "")
+             + ")" if a.admission else "") + ", azure-conv "
           f"{a.duration:g} s at {a.rate:g} req/s, seed {a.seed}; {live['requests']} requests, "
           f"errors {live['errors'] or 'none'}; bench took {bench_wall:.0f} s; load average "
           f"{load0} -> {load1}; cores used: emulator {cores['emulator']:.2f}, gateway "

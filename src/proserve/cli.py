@@ -165,6 +165,7 @@ def simulate(
     queue_timeout: float = typer.Option(5.0, "--queue-timeout", help="With --admission: seconds a late request may wait for capacity (the gateway's default)."),
     shed: str | None = typer.Option(None, "--shed", help="With --admission: comma-separated sheddable classes (refused at once when predicted late)."),
     yield_share: float = typer.Option(0.0, "--yield-share", help="With --shed: the share of the engine heavier classes are expected to take while a sheddable request waits; its predicted TTFT is stretched by 1/(1-share) before it is judged (0: as predicted). See cluster/admission.py."),
+    yield_target: float | None = typer.Option(None, "--yield-target", help="With --shed: an adaptive share instead of a constant one: it rises when a heavier class's first token is late and falls when one is on time, settling where they are on time this often (e.g. 0.95); --yield-share is then where it starts. See cluster/admission.py."),
     request_overhead_ms: float | None = typer.Option(None, "--request-overhead-ms", help="Fixed per-request latency outside the engine (API server, network), ms. Default: the profile's measured value (profiles from `proserve profile --server`), else 0."),
     out: Path | None = typer.Option(None, "--out", help="Write the full result as JSON here."),
     reproducible: bool = typer.Option(False, "--reproducible", help="Write sim_wall_s as 0 so identical runs give byte-identical JSON."),
@@ -188,7 +189,7 @@ def simulate(
         max_model_len=max_model_len, latency_noise=latency_noise, truth_profile=truth_profile,
         admission=admission, queue_timeout_s=queue_timeout,
         shed_classes=[c.strip() for c in (shed or "").split(",") if c.strip()],
-        yield_share=yield_share,
+        yield_share=yield_share, yield_target=yield_target,
     )
     try:
         if quiet:

@@ -281,6 +281,39 @@ def test_yield_share_sheds_what_the_plain_prediction_would_admit() -> None:
     asyncio.run(go())
 
 
+def test_an_adaptive_share_follows_the_heavier_classs_first_tokens() -> None:
+    """relaxed (rank 1) with yield_target 0.9: a fast (rank 0) request whose first token comes
+    1 s after arrival (SLO 100 ms) raises relaxed's share by one step (0.02), one on time lowers
+    it by 0.02 x 0.1 / 0.9; the gauge shows the share admission judges with."""
+    async def go():
+        stub, clock = Stub(), FakeClock()
+        gw, c = await gateway([await stub.start()], clock, class_settings={
+            "relaxed": {"sheddable": True, "yield_target": 0.9}})
+        gauge = 'proserve_admission_yield_share{class="relaxed",model="m"}'
+        try:
+            assert await metric(c, gauge) == 0.0
+            stub.hold[SMALL] = asyncio.Event()
+            late = post(c, SMALL, FAST)
+            await until(lambda: stub.started(SMALL), "the fast request reached the backend")
+            clock.advance(1.0)
+            stub.hold[SMALL].set()
+            assert (await late).status == 200
+            assert await metric(c, gauge) == pytest.approx(0.02)
+            assert await metric(
+                c, 'proserve_admission_yield_share{class="fast",model="m"}') == 0.0
+            r = await post(c, SMALL + 1, FAST)  # the clock stands still: on time
+            assert r.status == 200
+            assert await metric(c, gauge) == pytest.approx(0.02 - 0.02 * 0.1 / 0.9)
+            r = await post(c, SMALL + 2, RELAXED)  # its own outcomes do not count
+            assert r.status == 200
+            assert await metric(c, gauge) == pytest.approx(0.02 - 0.02 * 0.1 / 0.9)
+        finally:
+            stub.release()
+            await c.close()
+            await stub.server.close()
+    asyncio.run(go())
+
+
 def test_yield_share_outside_0_1_is_a_config_error() -> None:
     base = {"model": MODEL, "classes": CLASSES, "backends": [{"url": "http://x:1"}],
             "tenants": [{"name": "f", "api_keys": ["k"], "class": "fast"}]}
@@ -288,6 +321,12 @@ def test_yield_share_outside_0_1_is_a_config_error() -> None:
         with pytest.raises(ValueError, match="yield_share"):
             GatewayConfig.model_validate({**base, "class_settings": {
                 "fast": {"sheddable": True, "yield_share": bad}}})
+    with pytest.raises(ValueError, match="yield_target"):
+        GatewayConfig.model_validate({**base, "class_settings": {
+            "fast": {"sheddable": True, "yield_target": 1.0}}})
+    with pytest.raises(ValueError, match="at most"):
+        GatewayConfig.model_validate({**base, "class_settings": {
+            "fast": {"sheddable": True, "yield_share": 0.99, "yield_target": 0.9}}})
 
 
 # ---------------------------------------------------------------------------- scraping

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from tests.conftest import random_requests, toy_model
 
-from proserve.cluster.admission import ClassAdmission, Decision, decide
+from proserve.cluster.admission import (
+    MAX_ADAPTIVE_SHARE,
+    AdaptiveShare,
+    Admission,
+    ClassAdmission,
+    Decision,
+    decide,
+)
 from proserve.core.metrics import summarize
 from proserve.core.request import Request, Status
 from proserve.engine import make_scheduler
@@ -110,6 +117,10 @@ def test_yield_share_stretches_the_prediction_before_it_is_judged() -> None:
 
 
 # ---------------------------------------------------------------- admission in the simulator
+def _adm(rules: dict[str, ClassAdmission]) -> Admission:
+    return Admission(rules, {"high": 0, "low": 1})
+
+
 def _overload(seed: int = 5) -> list[Request]:
     reqs = random_requests(seed, 1200, rate=80.0, ttft=0.3, tpot=0.05)
     return reqs
@@ -120,7 +131,7 @@ def test_simulated_admission_sheds_only_what_it_must_and_ends_everything() -> No
     rules = {"high": ClassAdmission(2.0, False), "low": ClassAdmission(2.0, True)}
     reqs = _overload()
     res = simulate(reqs, [make_scheduler("slide-bounded", m)],
-                   admission=lambda r: rules[r.cls], drain_s=600)
+                   admission=_adm(rules), drain_s=600)
     s = summarize(reqs, class_order=["high", "low"])
     low, high = s["per_class"]["low"], s["per_class"]["high"]
     assert low["rejected"] > 0  # overloaded: the sheddable class is refused when late
@@ -152,7 +163,7 @@ def test_yield_share_protects_the_heavier_class_from_admitted_sheddable_work() -
         rules = {"high": ClassAdmission(2.0, False), "low": ClassAdmission(2.0, True, share)}
         reqs = _overload()
         simulate(reqs, [make_scheduler("slide-bounded", m)],
-                 admission=lambda r: rules[r.cls], drain_s=600)
+                 admission=_adm(rules), drain_s=600)
         s = summarize(reqs, class_order=["high", "low"])
         return s["per_class"]["high"]["slo_attainment"], s["per_class"]["low"]["rejected"]
 
@@ -163,6 +174,82 @@ def test_yield_share_protects_the_heavier_class_from_admitted_sheddable_work() -
     assert attained(0.9) == (high9, shed9)  # deterministic
 
 
+def test_an_adaptive_share_settles_where_heavier_first_tokens_meet_the_target() -> None:
+    """The tracker's fixed point: with late first tokens at rate p it drifts by
+    p * step - (1 - p) * step * (1 - target) / target, which is 0 exactly at p = 1 - target."""
+    a = AdaptiveShare(target=0.9, priority=1, share=0.5)
+    for _ in range(9):  # 9 on time and 1 late: exactly the target: back where it started
+        a.observe(True)
+    a.observe(False)
+    assert a.share == pytest.approx(0.5)
+    for _ in range(1000):  # all late: up to the cap, no further
+        a.observe(False)
+    assert a.share == MAX_ADAPTIVE_SHARE
+    for _ in range(10000):  # all on time: down to 0 (light load sheds nothing for them)
+        a.observe(True)
+    assert a.share == 0.0
+    assert (a.late, a.on_time) == (1001, 10009)
+
+
+def test_admission_feeds_only_heavier_classes_outcomes_into_a_share() -> None:
+    adm = Admission({"high": ClassAdmission(5.0, False),
+                     "low": ClassAdmission(5.0, True, 0.0, yield_target=0.95)},
+                    {"high": 0, "low": 1})
+    hi, lo = R(0, cls="high"), R(1, cls="low")
+    hi.emit_token(2.0)  # first token 2 s after arrival, SLO 1 s: late
+    adm.first_token(hi)
+    assert adm.share("low") == pytest.approx(0.02)
+    lo.emit_token(5.0)  # the low class's own outcomes do not move its share
+    adm.first_token(lo)
+    assert adm.share("low") == pytest.approx(0.02)
+    assert adm.share("high") == 0.0
+    # a heavier request refused counts as late; a refused low one does not
+    assert adm.decide(R(2, cls="high", arrival=0.0), 50.0, 5.0, 5.0) is Decision.TIMEOUT
+    assert adm.share("low") == pytest.approx(0.04)
+    assert adm.decide(R(3, arrival=0.0), 5.0, 0.0, 0.0) is Decision.SHED
+    assert adm.share("low") == pytest.approx(0.04)
+    # the share is the one the low class is judged with: 0.6 s stretched by 1/(1 - s)
+    a = adm.adaptive["low"]
+    a.share = 0.5
+    assert adm.decide(R(4, arrival=0.0), 0.6, 0.0, 0.0) is Decision.SHED
+    a.share = 0.0
+    assert adm.decide(R(5, arrival=0.0), 0.6, 0.0, 0.0) is Decision.ADMIT
+    with pytest.raises(ValueError, match="yield_target"):
+        ClassAdmission(5.0, True, yield_target=1.0)
+    with pytest.raises(ValueError, match="at most"):
+        ClassAdmission(5.0, True, 0.99, yield_target=0.9)
+    with pytest.raises(ValueError, match="rank"):
+        Admission({"gold": ClassAdmission()}, {"high": 0})
+
+
+def test_an_adaptive_share_sheds_under_overload_and_nothing_at_light_load() -> None:
+    """In the simulator: under overload the adaptive share rises and protects the heavier
+    class about as a high constant share does; at light load it stays at 0, where a constant
+    share refuses work that would have been on time."""
+    m = toy_model()
+
+    def point(reqs, rule: ClassAdmission) -> tuple[float, int, float]:
+        adm = _adm({"high": ClassAdmission(2.0, False), "low": rule})
+        simulate(reqs, [make_scheduler("slide-bounded", m)], admission=adm, drain_s=600)
+        s = summarize(reqs, class_order=["high", "low"])
+        return (s["per_class"]["high"]["slo_attainment"], s["per_class"]["low"]["rejected"],
+                adm.share("low"))
+
+    plain = point(_overload(), ClassAdmission(2.0, True))
+    auto = point(_overload(), ClassAdmission(2.0, True, yield_target=0.95))
+    assert auto[0] > plain[0] and auto[1] > plain[1]
+    assert auto == point(_overload(), ClassAdmission(2.0, True, yield_target=0.95))
+
+    def light() -> list[Request]:
+        return random_requests(5, 300, rate=4.0, ttft=0.3, tpot=0.05)
+
+    fixed = point(light(), ClassAdmission(2.0, True, 0.9))
+    auto_light = point(light(), ClassAdmission(2.0, True, yield_target=0.95))
+    none_light = point(light(), ClassAdmission(2.0, True))
+    assert fixed[1] > none_light[1]  # the constant share refuses for nothing
+    assert auto_light[1] == none_light[1] and auto_light[2] == 0.0
+
+
 def test_yield_share_needs_admission_and_shed_classes() -> None:
     with pytest.raises(ValueError, match="yield_share"):
         run(SimConfig(trace="sharegpt", rate=5, count=10, yield_share=0.5))
@@ -170,6 +257,8 @@ def test_yield_share_needs_admission_and_shed_classes() -> None:
         run(SimConfig(trace="sharegpt", rate=5, count=10, admission=True, yield_share=0.5))
     with pytest.raises(ValueError):
         SimConfig(trace="sharegpt", rate=5, count=10, yield_share=1.0)
+    with pytest.raises(ValueError, match="yield_target"):
+        run(SimConfig(trace="sharegpt", rate=5, count=10, admission=True, yield_target=0.9))
 
 
 @pytest.mark.parametrize("ttft, served", [(0.2, True), (0.05, False)])
@@ -183,7 +272,7 @@ def test_a_waiting_request_is_decided_again_when_its_timeout_passes(ttft: float,
     late = R(1, arrival=0.01, prompt=100, out=2, ttft=ttft, cls="high")  # same weight
     rules = {c: ClassAdmission(0.5, False) for c in ("low", "high")}
     simulate([blocker, late], [make_scheduler("vllm-fcfs", m)],
-             admission=lambda r: rules[r.cls])
+             admission=_adm(rules))
     assert blocker.status == Status.FINISHED
     if served:  # predicted first token ~1.1 s from arrival < 10 x 0.2 s
         assert late.status == Status.FINISHED and late.ttft() > late.ttft_slo

@@ -78,7 +78,7 @@ from prometheus_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..cluster.admission import ClassAdmission, Decision, decide
+from ..cluster.admission import Admission, ClassAdmission, Decision
 from ..cluster.base import NoHealthyInstance, Placement, make_router
 from ..cluster.polyserve import PolyServe
 from ..cluster.prefix_index import PrefixIndex
@@ -221,6 +221,13 @@ class ModelPool:
         self._fleet_wake = asyncio.Event()  # next_wakeup() may have moved earlier
         self._capacity = asyncio.Event()  # set whenever a request leaves a backend
         self._queued: dict[str, int] = {c.name: 0 for c in self.classes}
+        self.admission = Admission(
+            {c.name: self._class_admission(c.name) for c in self.classes},
+            {c.name: c.rank for c in self.classes})
+
+    def _class_admission(self, cls: str) -> ClassAdmission:
+        s = self.spec.settings(cls)
+        return ClassAdmission(s.queue_timeout_s, s.sheddable, s.yield_share, s.yield_target)
 
     @staticmethod
     def _new_backend(index: int, b: BackendConfig) -> Backend:
@@ -242,6 +249,8 @@ class ModelPool:
         for c in self.classes:
             gw.m_queue.labels(self.name, c.name).set_function(
                 lambda n=c.name: self._queued[n])
+            gw.m_yield.labels(self.name, c.name).set_function(
+                lambda n=c.name: self.admission.share(n))
         for b in self.backends:
             self._backend_gauges(b)
         if self.fleet is not None:
@@ -278,8 +287,6 @@ class ModelPool:
         only when the request is admitted.
         """
         settings = self.settings(r.cls)
-        rule = ClassAdmission(settings.queue_timeout_s, settings.sheddable,
-                              settings.yield_share)
         clock = self.gw._clock
         start = clock()
         queued = False
@@ -300,7 +307,7 @@ class ModelPool:
                 predicted = predicted_ttft(view, r.prompt_len, r.weight,
                                            cached=view.cached_tokens(r))
                 waited = clock() - start
-                d = decide(r, predicted, now, waited, rule)
+                d = self.admission.decide(r, predicted, now, waited)
                 if d is Decision.ADMIT:
                     self.router.record(view.index, r, view)
                     return b
@@ -628,6 +635,9 @@ class Gateway:
                                     mb, registry=reg)
         self.m_queue = Gauge("proserve_queue_depth", "Requests waiting for capacity",
                              ["model", "class"], registry=reg)
+        self.m_yield = Gauge("proserve_admission_yield_share",
+                             "Share of the engine a class yields to heavier ones in admission "
+                             "(adaptive with yield_target)", ["model", "class"], registry=reg)
         self.m_healthy = Gauge("proserve_backend_healthy", "1 if the backend takes traffic",
                                mb, registry=reg)
         self.m_inflight = Gauge("proserve_backend_inflight",
@@ -774,6 +784,7 @@ class Gateway:
         self.m_requests.labels(pool.name, r.tenant, r.cls, str(status)).inc()
         if status != 200:
             return
+        pool.admission.finished(r)
         lab = (pool.name, r.tenant, r.cls)
         if r.generated:
             self.m_ttft.labels(*lab).observe(r.first_token_time - r.arrival)
@@ -886,6 +897,8 @@ class Gateway:
         n = int((data.get("usage") or {}).get("completion_tokens", r.output_len))
         for _ in range(min(n, r.output_len)):  # no per-token times without streaming
             r.emit_token(t)
+        if r.generated:  # its first token is known only now: TTFT = E2E without streaming
+            pool.admission.first_token(r)
         return web.json_response(data)
 
     async def _relay_stream(self, request: web.Request, pool: ModelPool, r: Request,
@@ -941,6 +954,8 @@ class Gateway:
                         for _ in range(chunk_tokens(ch) if isinstance(ch, dict) else 0):
                             if r.generated < r.output_len:
                                 r.emit_token(self.now())
+                                if r.generated == 1:
+                                    pool.admission.first_token(r)
                 if not await to_client(line):
                     self._stream_outcome[r.id] = "499"
                     return resp

@@ -18,6 +18,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..cluster.admission import MAX_ADAPTIVE_SHARE
 from ..core.classes import PriorityClass, SpecError, parse_classes
 
 DEFAULT_MEAN_OUTPUT = 256  # tokens: a PolyServe tier's expected output length unless configured
@@ -42,6 +43,16 @@ class ClassSettings(BaseModel):
     # share of the engine heavier classes take while a request of this class waits: its
     # predicted TTFT is stretched by 1 / (1 - yield_share) (cluster/admission.py); 0: off
     yield_share: float = Field(default=0.0, ge=0, lt=1)
+    # adaptive share instead (cluster/admission.py, AdaptiveShare): it follows the heavier
+    # classes' first tokens, to keep them on time this often; yield_share is where it starts
+    yield_target: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _adaptive_start(self) -> ClassSettings:
+        if self.yield_target is not None and self.yield_share > MAX_ADAPTIVE_SHARE:
+            raise ValueError(f"yield_share: an adaptive share (yield_target set) starts at "
+                             f"most at {MAX_ADAPTIVE_SHARE}, got {self.yield_share}")
+        return self
 
 
 class TenantConfig(BaseModel):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..cluster.admission import ClassAdmission
+from ..cluster.admission import Admission, ClassAdmission
 from ..cluster.base import make_router, router_spec
 from ..core.classes import parse_classes
 from ..core.metrics import clean_floats, summarize
@@ -84,6 +84,9 @@ class SimConfig(BaseModel):
     # the shed classes' yield_share (cluster/admission.py): their predicted TTFT is stretched by
     # 1 / (1 - yield_share) for the heavier work that will overtake them while they wait
     yield_share: float = Field(default=0.0, ge=0, lt=1)
+    # adaptive share instead (cluster/admission.py, AdaptiveShare): the shed classes' share
+    # follows the heavier classes' first tokens, to keep them on time this often
+    yield_target: float | None = Field(default=None, gt=0, lt=1)
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
     tenant_classes: str | None = None
@@ -311,18 +314,22 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         if hasattr(router, "set_instances"):
             router.set_instances(len(pool))
     admission = None
-    if cfg.yield_share and not (cfg.admission and cfg.shed_classes):
-        raise ValueError("yield_share applies to the shed classes of --admission: give "
-                         "--admission and --shed CLASSES, or leave --yield-share at 0")
+    if (cfg.yield_share or cfg.yield_target is not None) and not (
+            cfg.admission and cfg.shed_classes):
+        raise ValueError("yield_share and yield_target apply to the shed classes of "
+                         "--admission: give --admission and --shed CLASSES, or leave "
+                         "--yield-share at 0")
     if cfg.admission:
         names = [c.name for c in classes]
         bad = [c for c in cfg.shed_classes if c not in names]
         if bad:
             raise ValueError(f"shed classes {bad} are not among the classes {names}")
-        rules = {c: ClassAdmission(cfg.queue_timeout_s, c in cfg.shed_classes,
-                                   cfg.yield_share if c in cfg.shed_classes else 0.0)
+        shed = set(cfg.shed_classes)
+        rules = {c: ClassAdmission(cfg.queue_timeout_s, c in shed,
+                                   cfg.yield_share if c in shed else 0.0,
+                                   cfg.yield_target if c in shed else None)
                  for c in names}
-        admission = lambda r: rules[r.cls]  # noqa: E731
+        admission = Admission(rules, {c.name: c.rank for c in classes})
     truth = load_profile(cfg.truth_profile) if cfg.truth_profile else None
     timer = StepTimer(model, truth, cfg.latency_noise, cfg.seed)
     res = simulate(

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..cluster.admission import ClassAdmission, Decision, decide
+from ..cluster.admission import Admission, Decision
 from ..cluster.base import BaseRouter
 from ..cluster.view import InstanceView, predicted_ttft, view_of
 from ..core.request import Request, Status
@@ -110,7 +110,7 @@ def simulate(
     progress_every: int = 2000,
     ingress_s: float = 0.0,
     step_time: Callable[[int, SchedulerOutput], float] | None = None,
-    admission: Callable[[Request], ClassAdmission] | None = None,
+    admission: Admission | None = None,
 ) -> SimResult:
     """Run ``requests`` (sorted by arrival) through ``engines``.
 
@@ -132,8 +132,9 @@ def simulate(
         step_time: ``(instance, batch) -> seconds`` the step really takes (a
             :class:`~proserve.sim.timing.StepTimer`: truth model and noise); by default the
             policy's own prediction ``out.duration``.
-        admission: the gateway's admission rule per request (its class's settings), decided by
-            :func:`proserve.cluster.admission.decide` on the router's choice (co-located mode).
+        admission: the gateway's admission rules (:class:`~proserve.cluster.admission.Admission`:
+            each class's settings and adaptive shares), decided on the router's choice
+            (co-located mode); every first token is reported to it, as the gateway does.
             Waiting requests sit in a router-side queue (class rank, then arrival) and are
             re-decided whenever a request finishes and when their class's timeout passes;
             refused ones end REJECTED at once (no gain, counted against attainment).
@@ -184,6 +185,7 @@ def simulate(
     ended: set[int] = set()
     waiting: dict[int, tuple[Request, float]] = {}  # admission queue: id -> (request, since)
     wake_at = math.inf  # the fleet router's next timer event on the heap
+    adaptive = admission is not None and bool(admission.adaptive)
     n = len(reqs)
     i = 0
     now = 0.0
@@ -239,14 +241,14 @@ def simulate(
         else:
             view = router.choose(r, views.get(t), t)  # type: ignore[union-attr]
             k = view.index
-        rule = admission(r)  # type: ignore[misc]
         pred = predicted_ttft(view, r.prompt_len, r.weight, cached=view.cached_tokens(r))
-        d = decide(r, pred, t, t - since, rule)
+        d = admission.decide(r, pred, t, t - since)  # type: ignore[union-attr]
         if d is Decision.WAIT:
             if r.id not in waiting:
                 waiting[r.id] = (r, since)
                 seq += 1
-                heapq.heappush(heap, (since + rule.queue_timeout_s, seq, -2, r))
+                timeout = admission.rules[r.cls].queue_timeout_s  # type: ignore[union-attr]
+                heapq.heappush(heap, (since + timeout, seq, -2, r))
             if router is None:
                 r.instance = k  # a plain route function is asked once
             return False
@@ -314,7 +316,14 @@ def simulate(
             eng = all_eng[k]
             finished_before = eng.num_finished
             busy_time[k] += now - busy_since[k]
-            for r in eng.update_from_output(out, now):
+            done = eng.update_from_output(out, now)
+            if adaptive:  # this step's first tokens and ends, as the gateway sees them stream
+                for r in out.reqs:
+                    if r.generated and r.first_token_time == now:
+                        admission.first_token(r)  # type: ignore[union-attr]
+                for r in done:
+                    admission.finished(r)  # type: ignore[union-attr]
+            for r in done:
                 end(r)
             for r in out.handed_off:  # disaggregated: the prompt's KV travels to decode
                 in_transfer[r.id] = r
