@@ -74,6 +74,14 @@ class Stub:
         if n in self.hold:
             await self.hold[n].wait()
         self.log.append(("end", n))
+        if body.get("stream"):  # one token, then the end
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            chunk = {"choices": [{"index": 0, "text": " token", "finish_reason": "length"}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
         return web.json_response({
             "choices": [{"index": 0, "text": " token", "finish_reason": "length"}],
             "usage": {"prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1}})
@@ -307,6 +315,15 @@ def test_an_adaptive_share_follows_the_heavier_classs_first_tokens() -> None:
             r = await post(c, SMALL + 2, RELAXED)  # its own outcomes do not count
             assert r.status == 200
             assert await metric(c, gauge) == pytest.approx(0.02 - 0.02 * 0.1 / 0.9)
+            # streamed: the late first token counts once, as it arrives, not again at the end
+            stub.hold[SMALL + 3] = asyncio.Event()
+            late = post(c, SMALL + 3, FAST, stream=True)
+            await until(lambda: stub.started(SMALL + 3), "the streamed request reached it")
+            clock.advance(1.0)
+            stub.hold[SMALL + 3].set()
+            r = await late
+            assert r.status == 200 and "[DONE]" in await r.text()
+            assert await metric(c, gauge) == pytest.approx(0.04 - 0.02 * 0.1 / 0.9)
         finally:
             stub.release()
             await c.close()

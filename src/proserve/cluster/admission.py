@@ -122,11 +122,11 @@ def decide(r: Request, predicted_s: float, now: float, waited_s: float,
 
 @dataclass(slots=True)
 class AdaptiveShare:
-    """A class's yield share that follows its heavier classes' first tokens (``yield_target``;
+    """A class's yield share that follows its heavier classes' SLO outcomes (``yield_target``;
     the module docstring says why and how it settles)."""
 
     target: float
-    priority: int  # the class's rank: first tokens of classes ranked before it count
+    priority: int  # the class's rank: outcomes of classes ranked before it count
     share: float = 0.0
     step: float = YIELD_STEP
     late: int = 0  # heavier requests seen to miss their SLO (or refused)
