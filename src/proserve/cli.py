@@ -210,6 +210,10 @@ def simulate(
                   f"simulated {res['sim_end_s']:.1f}s in {res['sim_wall_s']:.2f}s wall"
                   + ("" if res["drained"] else f"; {res['unfinished']} unfinished at drain end")
                   + (f"; achieved rate {w.get('rate', 0):.2f} req/s" if w.get("rate") else ""))
+        for c, a in (res.get("adaptive_shares") or {}).items():
+            err.print(f"adaptive yield share of {c!r} (target {a['target']:g}): "
+                      f"{a['final_share']:.3f} at the end; heavier classes' requests "
+                      f"{a['heavier_misses']} missed, {a['heavier_hits']} met")
         k = res.get("kv") or {}
         if res.get("preemptions") or k.get("preemption_mode", "recompute") != "recompute":
             err.print(f"preemption {k.get('preemption_mode')}: "

@@ -250,6 +250,19 @@ def test_an_adaptive_share_sheds_under_overload_and_nothing_at_light_load() -> N
     assert auto_light[1] == none_light[1] and auto_light[2] == 0.0
 
 
+def test_simulate_reports_what_an_adaptive_share_did() -> None:
+    """Every heavier request that ended or was refused counted exactly once."""
+    res = run(SimConfig(trace="sharegpt", rate=12, count=300, admission=True,
+                        shed_classes=["low"], yield_target=0.95), keep_requests=True)
+    a = res["adaptive_shares"]["low"]
+    high = [r for r in res["_requests"] if r.cls == "high"]
+    counted = [r for r in high if r.status in (Status.FINISHED, Status.REJECTED)]
+    assert a["heavier_misses"] + a["heavier_hits"] == len(counted) > 0
+    assert a["heavier_misses"] == sum(not r.slo_met() for r in counted)
+    assert 0 <= a["final_share"] <= MAX_ADAPTIVE_SHARE and a["target"] == 0.95
+    assert "adaptive_shares" not in run(SimConfig(trace="sharegpt", rate=12, count=50))
+
+
 def test_yield_share_needs_admission_and_shed_classes() -> None:
     with pytest.raises(ValueError, match="yield_share"):
         run(SimConfig(trace="sharegpt", rate=5, count=10, yield_share=0.5))

@@ -379,6 +379,10 @@ def run(cfg: SimConfig, progress=None, keep_requests: bool = False) -> dict:
         "config": _config_json(cfg),
         "sim_wall_s": time.perf_counter() - t0,
     }
+    if admission is not None and admission.adaptive:  # what each adaptive share did
+        out["adaptive_shares"] = {
+            c: {"target": a.target, "final_share": a.share, "heavier_misses": a.late,
+                "heavier_hits": a.on_time} for c, a in admission.adaptive.items()}
     out = clean_floats(out)
     if keep_requests:  # in-process callers (benchmarks, tests): the objects themselves
         out["_requests"] = res.requests
