@@ -83,7 +83,7 @@ class ClassAdmission:
     queue_timeout_s: float = 5.0
     sheddable: bool = False
     yield_share: float = 0.0  # share of the engine heavier classes take while it waits
-    # adaptive share: keep the heavier classes' first tokens on time this often (None: the
+    # adaptive share: the heavier classes should meet their SLO this often (None: the
     # constant yield_share; with a target, yield_share is the share it starts from)
     yield_target: float | None = None
 

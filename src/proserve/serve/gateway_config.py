@@ -44,7 +44,8 @@ class ClassSettings(BaseModel):
     # predicted TTFT is stretched by 1 / (1 - yield_share) (cluster/admission.py); 0: off
     yield_share: float = Field(default=0.0, ge=0, lt=1)
     # adaptive share instead (cluster/admission.py, AdaptiveShare): it follows the heavier
-    # classes' first tokens, to keep them on time this often; yield_share is where it starts
+    # classes' SLO outcomes, so that they meet their SLO this often; yield_share is where it
+    # starts
     yield_target: float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")

@@ -85,7 +85,7 @@ class SimConfig(BaseModel):
     # 1 / (1 - yield_share) for the heavier work that will overtake them while they wait
     yield_share: float = Field(default=0.0, ge=0, lt=1)
     # adaptive share instead (cluster/admission.py, AdaptiveShare): the shed classes' share
-    # follows the heavier classes' first tokens, to keep them on time this often
+    # follows the heavier classes' SLO outcomes, so that they meet their SLO this often
     yield_target: float | None = Field(default=None, gt=0, lt=1)
     # Tenant -> class mapping for traces with tenants (ServeGen clients): a rule ("volume",
     # "top:0.2") or explicit pairs "client-5=high,client-38=low" (others follow the shares).
