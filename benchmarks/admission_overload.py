@@ -6,7 +6,7 @@ first-token wait of an *admitted* request against its class's queue timeout plus
 ``--yield-shares`` adds rows with the low class judged with each ``yield_share`` (its predicted
 TTFT stretched by ``1 / (1 - share)``, cluster/admission.py), at the first queue timeout;
 ``--yield-targets`` rows with an adaptive share instead (``yield_target``: it follows the high
-class's first tokens, cluster/admission.py's ``AdaptiveShare``).
+class's SLO outcomes, cluster/admission.py's ``AdaptiveShare``).
 
     python benchmarks/admission_overload.py --trace azure-conv --rate 37.5 \\
         --yield-shares 0.5,0.75,0.9 --json docs/results/admission_azure-conv_37.5.json

@@ -533,6 +533,11 @@ def test_config_rejects_relative_tpot_and_bad_router_args(tmp_path: Path) -> Non
         ({"router_args": {"mean_output": {"tight": 0}}}, ["mean_output.tight"]),
         ({"router_args": {"tiers": [["a", 0.1, 10]]}}, ["router_args.tiers"]),
         ({"router_args": {"bogus": 1}}, ["router_args", "bogus"]),
+        # a share the fleet router would ignore is refused, not accepted and dropped
+        ({"class_settings": {"loose": {"sheddable": True, "yield_target": 0.9}}},
+         ["class_settings.loose", "yield_target", "own admission"]),
+        ({"class_settings": {"loose": {"yield_share": 0.5}}},
+         ["class_settings.loose", "yield_share"]),
     ]:
         doc = {**base, **over}
         if "classes" in over:

@@ -224,6 +224,14 @@ class ModelSpec:
         except ValueError as e:
             raise ValueError(f"{p}router: {e}") from None
         if getattr(spec.cls, "holds_requests", False):  # polyserve: tiers from the classes
+            # its own admission test replaces the gateway's prediction: a share would be
+            # accepted and then do nothing
+            for k, cs in self.class_settings.items():
+                if cs.yield_share or cs.yield_target is not None:
+                    raise ValueError(
+                        f"{p}class_settings.{k}: yield_share and yield_target apply to the "
+                        f"gateway's own admission; router {self.router!r} runs its own "
+                        f"admission test and would ignore them")
             self.router_tiers()  # every class needs an absolute TPOT SLO
             try:
                 make_router(self.router, **self.router_kwargs())
