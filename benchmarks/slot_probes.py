@@ -12,11 +12,14 @@ workloads of ``vllm_plugin_compare.py``; docs/BENCHMARKS.md section 15):
 * ``late-behind``: a waiting request that can no longer make its first-token deadline is ordered
   after every request that can, oldest first (instead of by gain density among URGENT).
 
-    python benchmarks/slot_probes.py [--seconds 20] [--probes displace-once,slice-own,late-behind]
+    python benchmarks/slot_probes.py [--seconds 20] [--tpot 0.1]
+        [--probes displace-once,slice-own,late-behind]
 
-Prints, per workload, vLLM priority, ``slide-bounded`` and ``slide-nostarve`` (both with vLLM's
-slot semantics, as the plug-in runs them) and each probe: TDG, high-class TTFT-SLO attainment,
-preemptions, when the backlog is drained, TTFT p99 and the longest wait.
+Prints, per workload, vLLM priority, ``slide-bounded`` (its late slice a share of admissions),
+``slide-bounded`` with ``late_slots=held`` (its first rule: a share of the held slots) and
+``slide-nostarve`` (all with vLLM's slot semantics, as the plug-in runs them) and each probe:
+TDG, high-class TTFT-SLO attainment, preemptions, when the backlog is drained, TTFT p99 and the
+longest wait.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ class DisplaceOnce(SlideBounded):
 
 
 class SliceOwn(SlideBounded):
-    """The late slice's slot quota counts only the requests the slice admitted."""
+    """The late slice's slot quota counts only the requests the slice admitted (a probe of the
+    held-slot quota, ``late_slots="held"``)."""
 
     def __init__(self, model, **kw) -> None:
-        super().__init__(model, **kw)
+        super().__init__(model, late_slots="held", **kw)
         self.admitted: dict[int, object] = {}
 
     def _late_holding(self, now, slots, small) -> int:
@@ -84,6 +88,8 @@ PROBES = {"displace-once": DisplaceOnce, "slice-own": SliceOwn, "late-behind": L
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--tpot", type=float, default=0.1,
+                    help="every request's TPOT SLO in seconds (vllm_plugin_compare.py's --tpot)")
     ap.add_argument("--probes", default=",".join(PROBES))
     ap.add_argument("--profile", default=str(ROOT / "docs/results/vllm-cpu-tiny.yaml"))
     a = ap.parse_args()
@@ -102,12 +108,14 @@ def main() -> None:
 
     variants = {"vllm priority": named("vllm-priority"),
                 "slide-bounded": named("slide-bounded", resident_seqs=True),
+                "slide-bounded late_slots=held": named("slide-bounded", resident_seqs=True,
+                                                       late_slots="held"),
                 "slide-nostarve": named("slide-nostarve", resident_seqs=True)}
     variants.update({f"slide-bounded {p}": probe(PROBES[p]) for p in probes})
     for rate, seqs, seed in WORKLOADS:
         rows = []
         for name, make in variants.items():
-            reqs = workload(rate, a.seconds, seed, 1.0, 0.1)
+            reqs = workload(rate, a.seconds, seed, 1.0, a.tpot)
             eng = make(seqs)
             simulate(reqs, [eng], ingress_s=float(m.meta.get("request_overhead_s", 0.0)))
             s = summarize(reqs, 1.0, 1.0, list(CLASSES))
@@ -115,7 +123,7 @@ def main() -> None:
                          f"{100 * s['per_class']['high']['ttft_attainment']:.1f}",
                          *churn_and_tail(reqs, eng, s)])
         print(f"simulated, profile {m.name}, vLLM slots, --max-num-seqs {seqs}, {rate:g} req/s "
-              f"for {a.seconds:g} s, seed {seed}", flush=True)
+              f"for {a.seconds:g} s, seed {seed}, TPOT SLO {1000 * a.tpot:g} ms", flush=True)
         table(["policy", "TDG %", "high TTFT-SLO %", "preemptions", "drained s", "TTFT p99 s",
                "longest wait s"], rows)
 

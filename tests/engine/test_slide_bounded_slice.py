@@ -51,3 +51,57 @@ def test_late_work_holds_at_most_its_share_of_the_sequence_slots() -> None:
     pol.table.refresh_many([late[1]])
     work, _, _ = pol.ranker.late_work(0.0, 1.0)
     assert work == [late[0], late[1]]
+
+
+def test_on_slot_bound_engines_the_slice_offers_one_request_a_step_within_its_share() -> None:
+    """vLLM's slots (resident_seqs): the slice's room is a share of the recent admissions, not
+    of the held slots; it offers at most one new late request a step, and none once the slice
+    got its share of the admissions the table saw."""
+    pol = make_scheduler("slide-bounded", toy_model(), max_num_seqs=8, resident_seqs=True)
+    late = [_req(i, arrival=-100.0 + i, ttft=1.0, prompt=100) for i in range(6)]
+    for r in late:
+        assert pol.add_request(r, 0.0)
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == late[:1]  # no admission seen yet: room for one, the oldest
+    late[0].computed = 50  # admitted (as vLLM would, from the order's head): counted as offered
+    pol.table.refresh_many([late[0]])
+    assert list(pol._admits) == [True]
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == late[:1]  # 1 of 1 admissions went to the slice: over its 25%, none new
+    fresh = [_req(100 + i, arrival=0.0, ttft=5.0, prompt=100) for i in range(3)]
+    for r in fresh:  # three admissions the gain order made
+        assert pol.add_request(r, 0.0)
+        r.computed = 10
+    pol.table.refresh_many(fresh)
+    pol.table.refresh_many(fresh)  # a request is admitted once, however often it is refreshed
+    assert list(pol._admits) == [True, False, False, False]
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == late[:2]  # 1 of 4 + 1 is under the share: the next oldest is offered
+    late[0].computed = 0  # preempted, then re-admitted from the slice: a second admission
+    pol.table.refresh_many([late[0]])
+    work, _, _ = pol.ranker.late_work(0.0, 1.0)
+    assert work == late[:1]  # the oldest again, without KV now
+    late[0].computed = 50
+    pol.table.refresh_many([late[0]])
+    assert list(pol._admits) == [True, False, False, False, True]
+
+
+def test_on_slot_bound_engines_the_slice_admits_about_its_share_of_requests() -> None:
+    """Over a sustained overload of late work, the slice's admissions stay near its share."""
+    from proserve.sim.simulator import simulate
+
+    pol = make_scheduler("slide-bounded", toy_model(), max_num_seqs=4, resident_seqs=True)
+    reqs = [Request(id=i, arrival=i * 0.01, prompt_len=200, output_len=30, ttft_slo=0.3,
+                    tpot_slo=0.5, weight=1.0 + (i % 2)) for i in range(600)]
+    offered: list[bool] = []
+    admitted = pol._admitted
+
+    def spy(rs):
+        offered.extend(r.id in pol._offered for r in rs)
+        admitted(rs)
+
+    pol.table.on_admit = spy
+    simulate(reqs, [pol])
+    assert all(r.finish_time >= 0 for r in reqs)
+    assert len(offered) >= 600
+    assert 0.05 < sum(offered) / len(offered) <= 0.25 + 1 / 32

@@ -543,7 +543,10 @@ def test_latency_budget_off_leaves_the_token_budget(mk, clock) -> None:
 
 
 def test_no_feasible_deadline_means_no_latency_cap(mk, clock) -> None:
-    s, d1, d2, p = _decoding_pair_and_a_long_prompt(mk, clock, latency_budget=True)
+    # without the late slice (late_share 0), which would give the late p its own slice
+    s, d1, d2, p = _decoding_pair_and_a_long_prompt(
+        mk, clock, latency_budget=True,
+        policy_args={"deadline_mode": "strict", "late_share": 0.0})
     clock.t = T0 + 100  # every deadline has passed: SlideBatching's budget is unbounded
     s.schedule()
     assert s.slide.last_budget == math.inf

@@ -49,11 +49,16 @@ class RequestTable:
         # numpy scalars one by one would cost more than the numpy calls save.
         self.py_dl: list[float] = []
         self.py_t_hat: list[float] = []
+        self.py_partial: list[bool] = []  # holds KV (the partial column), to spot admissions
         self._active: np.ndarray | None = None  # cached active_slots(), until membership changes
         self.hold_gil = False  # active_slots() without numpy's GIL release (deadline.py: lexsort)
         # an incremental view kept in step with every add, refresh and remove (head_index.py);
         # None unless a policy asks for one (the vLLM plug-in's SlideBatching)
         self.index = None
+        # called with the requests a refresh finds newly holding KV (no computed tokens before,
+        # some now: admitted, or re-admitted after a preemption); None unless a policy counts
+        # admissions (slide-bounded on slot-bound engines)
+        self.on_admit: Callable[[list[Request]], None] | None = None
         self._grow(capacity)
 
     def _grow(self, cap: int) -> None:
@@ -73,6 +78,7 @@ class RequestTable:
         self._reqs.extend([None] * (cap - old))
         self.py_dl.extend([0.0] * (cap - old))
         self.py_t_hat.extend([0.0] * (cap - old))
+        self.py_partial.extend([False] * (cap - old))
         self._free.extend(range(cap - 1, old - 1, -1))
 
     def __len__(self) -> int:
@@ -131,6 +137,8 @@ class RequestTable:
         pres: list[bool] = []
         parts: list[bool] = []
         lates: list[bool] = []
+        py_part = self.py_partial
+        admitted: list[Request] | None = [] if self.on_admit is not None else None
         for r in reqs:
             s = slot_of.get(r.id)
             if s is None:
@@ -148,9 +156,14 @@ class RequestTable:
             dls.append(dl)
             pres.append(pre)
             parts.append(p > 0)
+            if admitted is not None and p > 0 and not py_part[s]:
+                admitted.append(r)
+            py_part[s] = p > 0
             lates.append(r.first_token_time > r.arrival + r.ttft_slo)
         if self.index is not None:
             self.index.dirty.update(slots)
+        if admitted:
+            self.on_admit(admitted)  # type: ignore[misc]
         if len(slots) > 24:  # one fancy-indexed write per column pays off only for big batches
             self.t_hat[slots] = ths
             self.dl[slots] = dls

@@ -212,6 +212,9 @@ class ProServeScheduler(AsyncScheduler):
         # the policy's caps are vLLM's (its late slice is a share of the step's tokens and slots)
         self.slide.max_num_seqs = self.max_num_running_reqs
         self.slide.max_num_batched_tokens = self.max_num_scheduled_tokens
+        # vLLM's meaning of max_num_seqs: a request holds its slot until it finishes (the
+        # policy sizes its late slice by admissions then; our engine's resident_seqs)
+        self.slide.resident_seqs = True
         ranker = getattr(self.slide, "ranker", None)
         if not isinstance(ranker, Ranker):
             raise ValueError(f"plug-in policy {policy!r} has no unified-queue ranker (the "
