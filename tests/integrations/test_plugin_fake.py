@@ -330,6 +330,22 @@ def test_waiting_queue_is_served_in_rank_order(mk) -> None:
     assert ids(s.waiting) == expect[1:] and s.waiting.peek_request().request_id == "r2"
 
 
+def test_the_late_slice_counts_the_admissions_vllm_made_from_its_offer(mk) -> None:
+    """vLLM's slots are resident (the plug-in says so to its policy), so slide-bounded's late
+    slice is a share of admissions: the requests vLLM admitted are seen at the next sync, and
+    only the one the slice offered counts as the slice's."""
+    s = mk(seqs=4)
+    assert s.slide.resident_seqs
+    old = [req(f"o{i}", prio=1, arrival=T0 - 100 + i) for i in range(6)]  # ~100 s past TTFT
+    add(s, *old)
+    step(s)  # the slice offers the oldest; vLLM fills its four slots from the order
+    assert s.at_entry.waiting[0] == "o0" and len(s.running) == 4
+    offered = set(s.slide._offered)
+    assert offered == {s.shadows["o0"].id}
+    step(s)  # this step's sync sees the four holding KV
+    assert sorted(s.slide._admits) == [False, False, False, True]
+
+
 def test_past_the_ranked_head_the_queue_serves_the_whole_order(mk, plugin, monkeypatch) -> None:
     # a queue longer than the policy's small-queue path, and no margin: the plug-in ranks one
     # waiting request (one free slot); listing the queue (as vLLM may) walks past it

@@ -70,7 +70,7 @@ from .deadline import head_rows
 from .slide import SlideBatching
 
 _MAX_LATE_PER_STEP = 8  # late prefills considered per step (the slice rarely fits more)
-_ADMIT_WINDOW = 32  # admissions the slot-bound slice's share is counted over (16-128: same)
+_ADMIT_WINDOW = 32  # admissions the slot-bound slice's share is counted over (8-128: ~same)
 
 
 class SlideBounded(SlideBatching):
@@ -188,8 +188,7 @@ class SlideBounded(SlideBatching):
 
     def _late(self, now: float, slots: np.ndarray, small: bool) -> tuple[np.ndarray, list[Request]]:
         """The late prefills this step considers (positions into ``slots``, requests): those
-        that already hold KV, and new ones only while late work holds fewer than ``share`` of
-        the sequence slots (:meth:`_late_slots`)."""
+        that already hold KV, and new ones while there is room (:meth:`_keep_late`)."""
         self._offered.clear()
         if self.late_share <= 0:
             return slots[:0], []

@@ -113,6 +113,7 @@ class RequestTable:
             return
         self._active = None
         self.alive[s] = False
+        self.py_partial[s] = False  # a request added to this slot later starts without KV
         self._reqs[s] = None
         self._free.append(s)
         if self.index is not None:
