@@ -265,6 +265,37 @@ def test_a_slot_held_by_a_dead_process_frees_itself_after_its_ttl(
     asyncio.run(go())
 
 
+def test_close_returns_even_if_the_renewal_loop_swallows_its_cancellation() -> None:
+    """redis-py can swallow a cancellation that lands inside a command (redis/redis-py#2028);
+    close() then must not wait on the renewal task for good (it once hung a test run): the loop
+    ends at its next turn."""
+    t = TenantConfig.model_validate({"name": "x", "api_keys": ["k"], "class": "std",
+                                     "max_concurrency": 1})
+    cfg = LimitsConfig(backend="redis", url="redis://127.0.0.1:1/0", lease_ttl_s=0.3,
+                       timeout_s=0.05)
+
+    async def go():
+        lim = RedisLimiter(cfg, [t], time.monotonic)
+        swallowed, ended = [], []
+
+        async def stubborn():  # the renewal loop as redis-py may leave it: cancels ignored
+            for _ in range(1000):  # gives up after ~10 s: a regression fails, never hangs
+                if getattr(lim, "_closing", False):
+                    ended.append("closing")
+                    return
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    swallowed.append(True)
+            ended.append("gave up")
+
+        lim._task = asyncio.get_running_loop().create_task(stubborn())
+        await asyncio.sleep(0.02)
+        await asyncio.wait_for(lim.close(), timeout=30)
+        assert swallowed and lim._task.done() and ended == ["closing"]
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("on_error", ["open", "closed"])
 def test_redis_stopped_mid_run_behaves_as_configured(redis_srv: RedisServer,
                                                      on_error: str) -> None:

@@ -215,6 +215,7 @@ class RedisLimiter:
         self.leases: dict[str, set[str]] = {t.name: set() for t in tenants}
         self._unreleased: list[tuple[str, str]] = []  # releases Redis did not get
         self._task: asyncio.Task | None = None
+        self._closing = False  # the renewal loop ends at its next turn
         self.redis = None
         self.storage = None
         self._rps: dict[str, object] = {}
@@ -258,10 +259,15 @@ class RedisLimiter:
         self._task = asyncio.get_running_loop().create_task(self._renew_loop())
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded, not ``await self._task``: a cancellation that lands inside a redis-py
+            # command can be swallowed (redis/redis-py#2028, #2665), and the loop then runs on;
+            # it ends at its next turn (``_closing``), so this waits at most one period plus
+            # one renewal. Unbounded, it hung a test run (and would hang a shutdown) for good.
+            await asyncio.wait({self._task}, timeout=self.cfg.lease_ttl_s / 3
+                               + 8 * self.cfg.timeout_s + 1.0)
         for tenant, ids in self.leases.items():  # give back what this process still holds
             for lid in list(ids):
                 self._unreleased.append((tenant, lid))
@@ -382,7 +388,7 @@ class RedisLimiter:
 
     async def _renew_loop(self) -> None:
         period = self.cfg.lease_ttl_s / 3
-        while True:
+        while not self._closing:
             await asyncio.sleep(min(period, max(self.cfg.retry_s, 0.05)) if self._down
                                 else period)
             if self._skipping():
