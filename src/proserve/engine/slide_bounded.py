@@ -241,9 +241,11 @@ class SlideBounded(SlideBatching):
 
     def _late_slots(self, late: list[Request], now: float) -> int:
         """Sequence slots late work may hold: ``share`` of them (at least one while the share is
-        positive). Why: where slots, not time, are scarce (vLLM with 16 sequences), a late
-        request admitted by the slice holds its slot for its whole decode; the time and token
-        bounds alone then let late work fill every slot as slots free: FCFS again."""
+        positive); the room of :meth:`_keep_late` on our engine's meaning of ``max_num_seqs``, or
+        with ``late_slots="held"``. Why a slot bound at all: where slots, not time, are scarce
+        (vLLM with 16 sequences, where it was found), the time and token bounds alone let late
+        work fill every slot as slots free: FCFS again. On such engines the share of admissions
+        (:meth:`_keep_late`) now bounds it instead."""
         share = self._share(late, now)
         return max(int(share * self.max_num_seqs), 1) if share > 0 else 0
 
